@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("tokenizers")
 pytest.importorskip("rich")
@@ -20,11 +18,8 @@ pytest.importorskip("rich")
 from dynamickv.errors import DynamicKVError, InputError
 from dynamickv.eval import runner
 from dynamickv.eval.base import Sample
-from tiny import one_thread, word_tokenizer
-
-WORDS = [f"w{i}" for i in range(120)]
-METHODS = ["snapkv", "pyramidkv", "dynamickv", "windowkv", "h2o", "streamingllm"]
-BUDGETS = [40, 72]
+from evalkit import BUDGETS, METHODS, OverlapScorer, eval_model, eval_tokenizer, make_samples
+from tiny import one_thread
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,65 +29,12 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tok():
-    return word_tokenizer(WORDS, join_with_spaces=False)
+    return eval_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def model(tok):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=1,
-    )
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    mdl = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # sharpen attention so that the methods keep different tokens
-        for name, p in mdl.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.mul_(4.0)
-    mdl.generation_config.eos_token_id = None
-    return mdl
-
-
-def make_samples(n: int = 3, seed: int = 0) -> list[Sample]:
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(120, 200)))
-        out.append(
-            Sample(
-                task="recall" if i % 2 == 0 else "copy",
-                index=i,
-                prompt=prompt,
-                answers=prompt.split()[-3:],
-                max_new_tokens=5,
-                category="qa" if i % 2 == 0 else "synthetic",
-                chat_template=False,
-                meta={"length": 256, "depth": float(50 * (i % 3))},
-            )
-        )
-    return out
-
-
-class OverlapScorer(runner.Scorer):
-    """Share of predicted words found in the reference words (0-100): depends on the prediction."""
-
-    name = "overlap"
-
-    def sample(self, sample, prediction):
-        words = prediction.split()
-        return 100.0 * sum(w in sample.answers for w in words) / len(words) if words else 0.0
+    return eval_model(tok)
 
 
 def _run(samples, model, tok, out, **kwargs):

@@ -432,3 +432,41 @@ def test_smollm2_left_padded_batch(smollm2: SimpleNamespace) -> None:
         out = model.generate(**batch, max_new_tokens=10, do_sample=False)
     answer = tokenizer.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_import_gguf_for_offline_hosts(
+    fake_model: SimpleNamespace, spy: ConvertSpy, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copied GGUF installs the embedded entry without its wheels; the wrong file is refused."""
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(fake_model.data[:-1] + b"x")
+    with pytest.raises(ModelNotFoundError, match=r"SHA-256"):
+        models.import_gguf("fake-model", copy, cache_dir=cache, progress=False)
+    with pytest.raises(ModelNotFoundError, match="unknown embedded model"):
+        models.import_gguf("no-such-model", copy, cache_dir=cache)
+    with pytest.raises(ModelNotFoundError, match="is not a file"):
+        models.import_gguf("fake-model", tmp_path / "absent.gguf", cache_dir=cache)
+    assert not spy.calls
+
+    copy.write_bytes(fake_model.data)
+    for module in (f.module for f in fake_model.entry.files):  # the wheels are gone on that host
+        monkeypatch.setattr(models, "_package_dir", lambda m, _gone=module: None)
+    target = models.import_gguf("fake-model", copy, cache_dir=cache, progress=False)
+    assert spy.calls == [fake_model.data]
+    assert resolve_model_dir("fake-model", cache_dir=cache, progress=False) == target
+    assert len(spy.calls) == 1
+
+
+def test_special_tokens_follow_the_model_config() -> None:
+    """transformers 5.17 reads SmolLM2's GGUF tokenizer with the wrong EOS; conversion repairs it."""
+    pytest.importorskip("tokenizers")
+    from tiny import word_tokenizer
+
+    tok = word_tokenizer(["<s>", "</s>", "a", "b"])
+    tok.bos_token, tok.eos_token = "<s>", "<s>"  # the wrong EOS
+    eos = tok.convert_tokens_to_ids("</s>")
+    config = SimpleNamespace(bos_token_id=tok.convert_tokens_to_ids("<s>"), eos_token_id=eos)
+    assert models.align_special_tokens(tok, config) == [f"eos={eos}"]
+    assert tok.eos_token == "</s>" and tok.eos_token_id == eos
+    assert models.align_special_tokens(tok, config) == []  # already right: nothing to do
+    assert models.align_special_tokens(tok, SimpleNamespace(eos_token_id=10**6)) == []  # not a token

@@ -233,3 +233,16 @@ def test_score_generated(tok, cache):
     preds = [f"{s.meta['answer_prefix']} {s.answers[0]}." for s in samples]
     assert ruler.score("niah_single_1", preds, samples) == 100.0
     assert ruler.score("niah_single_1", [preds[0], "I do not know"], samples) == 50.0
+
+
+def test_cache_key_ignores_where_the_tokenizer_was_loaded_from(tok, tmp_path):
+    """The same tokenizer saved elsewhere (another cache folder, another host) finds the same samples."""
+    from transformers import AutoTokenizer
+
+    tok.save_pretrained(tmp_path / "elsewhere")
+    moved = AutoTokenizer.from_pretrained(tmp_path / "elsewhere")
+    assert moved.name_or_path != tok.name_or_path
+    assert ruler.tokenizer_fingerprint(moved) == ruler.tokenizer_fingerprint(tok)
+    # ... but a changed vocabulary is a different tokenizer
+    moved.add_tokens(["brand-new-token"])
+    assert ruler.tokenizer_fingerprint(moved) != ruler.tokenizer_fingerprint(tok)

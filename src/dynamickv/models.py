@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -52,6 +52,7 @@ __all__ = [
     "EmbeddedModel",
     "PackagedFile",
     "default_cache_dir",
+    "import_gguf",
     "load_model",
     "resolve_model_dir",
 ]
@@ -256,6 +257,26 @@ def _quiet_progress(quiet: bool) -> Iterator[None]:
 # GGUF -> safetensors conversion
 
 
+def align_special_tokens(tokenizer: Any, config: Any) -> list[str]:
+    """Make the tokenizer's BOS/EOS the ones the model's config (the GGUF's metadata) names; return fixes.
+
+    Why: transformers 5.17 reads SmolLM2's GGUF tokenizer with ``<|im_start|>`` as its EOS token while
+    the GGUF (and the model config built from it) says ``<|im_end|>``; a wrong EOS silently changes
+    where generation and chat prompts end, and which cached samples a tokenizer maps to.
+    """
+    fixed = []
+    for name in ("bos", "eos"):
+        want = getattr(config, f"{name}_token_id", None)
+        if (
+            isinstance(want, int)
+            and 0 <= want < len(tokenizer)
+            and getattr(tokenizer, f"{name}_token_id") != want
+        ):
+            setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(want))
+            fixed.append(f"{name}={want}")
+    return fixed
+
+
 def _convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool) -> None:
     """Dequantize ``gguf_path`` and write a plain ``from_pretrained`` directory to ``out_dir``.
 
@@ -271,6 +292,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool) -> None:
     folder, fname = gguf_path.parent, gguf_path.name
     config = AutoConfig.from_pretrained(folder, gguf_file=fname)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+    align_special_tokens(tokenizer, config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with _quiet_progress(not progress):
@@ -444,6 +466,34 @@ def _resolve_embedded(entry: EmbeddedModel, cache_root: Path, progress: bool) ->
         sha256=entry.sha256,
         source={"name": entry.name, "kind": "embedded", "gguf_file": entry.gguf_name},
         make_gguf=make_gguf,
+        progress=progress,
+    )
+
+
+def import_gguf(
+    name: str, gguf_path: str | Path, cache_dir: str | Path | None = None, progress: bool = True
+) -> Path:
+    """Install embedded model ``name`` from a copy of its GGUF, for machines that cannot install its wheel.
+
+    Why: an offline GPU host may take files but not packages. The file must be the very GGUF the
+    embedded entry names (its SHA-256 is checked); afterwards ``load_model(name)`` works there as here.
+    """
+    entry = EMBEDDED.get(name)
+    if entry is None:
+        raise ModelNotFoundError(f"unknown embedded model {name!r}; choose from {_embedded_names()}")
+    path = Path(gguf_path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is not a file")
+    target = default_cache_dir(cache_dir) / "models" / entry.name
+    if _is_complete(target, entry.sha256):
+        return target
+    fix = f"copy the GGUF of {entry.install_command!r} again"
+    _check_sha(_sha256_file(path), entry.sha256, str(path), fix)
+    return _build_cached(
+        target,
+        sha256=entry.sha256,
+        source={"name": entry.name, "kind": "embedded", "gguf_file": entry.gguf_name},
+        make_gguf=lambda _workdir: path,
         progress=progress,
     )
 

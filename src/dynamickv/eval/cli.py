@@ -226,24 +226,31 @@ def eval_command(
 
         records = {t: longbench.load_task(t, data_dir, e=benchmark == "longbench-e") for t in task_list}
 
+    from dynamickv.eval import distributed
     from dynamickv.models import load_model
 
+    # under torchrun / accelerate launch: one rank per process, each on its own GPU, sharing the samples
+    shard = distributed.current_shard()
+    distributed.init(shard)
+    device = distributed.shard_device(device, shard)
     t0 = time.perf_counter()
-    mdl, tok = load_model(model, dtype=torch_dtype, device=device, attn_implementation=attn)
-    sample_list = build_samples(
-        benchmark,
-        tok,
-        mdl,
-        tasks=task_list,
-        lengths=length_list,
-        depths=depth_list,
-        samples=samples,
-        seed=seed,
-        records=records,
-        max_input_tokens=max_input_tokens,
-        model_name=model,
-    )
-    runner.log(f"{len(sample_list)} samples ready in {time.perf_counter() - t0:.1f}s (model {model})")
+    with distributed.main_first(shard):  # rank 0 fills the model and RULER caches, the others reuse them
+        mdl, tok = load_model(model, dtype=torch_dtype, device=device, attn_implementation=attn)
+        sample_list = build_samples(
+            benchmark,
+            tok,
+            mdl,
+            tasks=task_list,
+            lengths=length_list,
+            depths=depth_list,
+            samples=samples,
+            seed=seed,
+            records=records,
+            max_input_tokens=max_input_tokens,
+            model_name=model,
+        )
+    where = f", rank {shard.rank} of {shard.world} on {device}" if shard.active else ""
+    runner.log(f"{len(sample_list)} samples ready in {time.perf_counter() - t0:.1f}s (model {model}{where})")
     t1 = time.perf_counter()
     try:
         metrics = runner.run(
@@ -261,10 +268,15 @@ def eval_command(
             shared_prefill=shared_prefill,
             progress=progress,
             model_name=model,
+            shard=shard,
         )
     except KeyboardInterrupt:
         runner.log(f"interrupted: predictions so far are in {out}; rerun with --resume to continue")
         raise
+    finally:
+        distributed.close(shard)
+    if not shard.main:
+        return
     runner.log(f"done in {time.perf_counter() - t1:.1f}s: {out / runner.SUMMARY_MD}")
     average = metrics["average"]
     ref = average.get(runner.REFERENCE, {}).get(runner.FULL)

@@ -214,13 +214,17 @@ def template_overhead(tokenizer: Any) -> int:
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """A short hash identifying the tokenizer: class, name, vocab size, ids of a probe text, chat template."""
+    """A short hash identifying the tokenizer by what it does: its vocabulary, the ids of a probe text, its
+    special tokens and chat template. Not by its class or path: the same tokenizer loaded from another
+    folder or by another ``transformers`` release must find the same cached samples."""
     probe = "RULER probe: The special magic number for 'quick-fox' is 7318024.\nVAR ABCDE = 12345 ...\u00e9"
     chat = getattr(tokenizer, "chat_template", None)
+    try:
+        vocab = sorted(tokenizer.get_vocab().items())
+    except (AttributeError, NotImplementedError, TypeError):
+        vocab = len(tokenizer) if hasattr(tokenizer, "__len__") else getattr(tokenizer, "vocab_size", None)
     info = {
-        "cls": type(tokenizer).__name__,
-        "name": str(getattr(tokenizer, "name_or_path", "")),
-        "vocab": len(tokenizer) if hasattr(tokenizer, "__len__") else getattr(tokenizer, "vocab_size", None),
+        "vocab": hashlib.sha256(json.dumps(vocab, default=str).encode()).hexdigest(),
         "probe": encode(tokenizer, probe),
         "special": [getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)],
         "chat": hashlib.sha256(str(chat).encode()).hexdigest()[:16] if chat else None,

@@ -41,7 +41,9 @@ import torch
 
 from dynamickv.budget import Budget, parse_budget
 from dynamickv.errors import BudgetError, InputError
+from dynamickv.eval import distributed
 from dynamickv.eval.base import Sample
+from dynamickv.eval.distributed import Shard
 
 BENCHMARKS: tuple[str, ...] = ("ruler", "niah", "longbench", "longbench-e")
 REFERENCE = "fullkv"
@@ -470,11 +472,14 @@ def run(
     progress: bool = True,
     scorer: Scorer | None = None,
     model_name: str | None = None,
+    shard: Shard | None = None,
 ) -> dict[str, Any]:
     """Evaluate every configuration of ``methods x budgets`` (plus FullKV) on ``samples``; return the metrics.
 
     ``config`` is the configuration to store and check on resume (default: built from the arguments);
     ``max_new_tokens`` caps each sample's generation length; ``scorer`` overrides the benchmark's.
+    ``shard`` (see :mod:`dynamickv.eval.distributed`): under ``torchrun`` every rank calls ``run`` with the
+    same arguments and its own shard; each decodes its share of the samples, rank 0 merges the files.
     """
     from dynamickv.cache import cache_bytes, kept_tokens_per_layer
     from dynamickv.compressor import compressible_layers
@@ -538,26 +543,35 @@ def run(
                 stacklevel=2,
             )
 
-    out.mkdir(parents=True, exist_ok=True)
-    config_path = out / CONFIG_FILE
-    if not config_path.is_file():
-        _write_json(config_path, {**config, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    shard = shard or Shard()
+    distributed.barrier(shard)  # every rank has checked the folder before rank 0 writes to it
     preds_path = out / PREDICTIONS_FILE
-    records = load_predictions(preds_path, repair=True)
+    if shard.main:
+        out.mkdir(parents=True, exist_ok=True)
+        config_path = out / CONFIG_FILE
+        if not config_path.is_file():
+            _write_json(config_path, {**config, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        merge_shards(out, uids, grid)  # fold in what an interrupted sharded run left
+    distributed.barrier(shard)
+    records = load_predictions(preds_path, repair=shard.main)
     done = {record_key(r) for r in records}
 
-    wanted = {(u, c.method, c.budget_key) for u in uids for c in grid}
-    total = len(wanted)
-    completed = len(done & wanted)
+    pending = [
+        (sample, uid)
+        for sample, uid in zip(samples, uids, strict=True)
+        if any((uid, c.method, c.budget_key) not in done for c in grid)
+    ]
+    mine = shard.take(pending)
+    total = len(mine) * len(grid)
+    completed = sum((uid, c.method, c.budget_key) in done for _, uid in mine for c in grid)
     device = next(model.parameters()).device
     answer_pipe = Pipeline(model, tokenizer, REFERENCE, budget=1)  # its compressor installs the wrapper
+    write_path = distributed.shard_file(out, shard.rank) if shard.active else preds_path
 
-    bar, bar_task = _progress(progress, total, completed)
-    with bar, open(preds_path, "a", encoding="utf-8") as fh, torch.inference_mode():
-        for sample, uid in zip(samples, uids, strict=True):
+    bar, bar_task = _progress(progress and shard.main, total, completed)
+    with bar, open(write_path, "a", encoding="utf-8") as fh, torch.inference_mode():
+        for sample, uid in mine:
             todo = [c for c in grid if (uid, c.method, c.budget_key) not in done]
-            if not todo:
-                continue
             head_ids, tail_ids = (t.to(device) for t in split_prompt(sample, tokenizer))
             n_head = head_ids.shape[-1]
             new_tokens = (
@@ -606,6 +620,7 @@ def run(
                     "compressed_tokens": int(n_head),
                     "seconds": seconds,
                     "prefill_seconds": prefill_seconds,
+                    "device": _device_name(device),
                 }
                 if c.method == "windowkv":
                     entry["windowkv_mode"] = ctx.stats.extra.get("mode")
@@ -621,7 +636,57 @@ def run(
                 record.release()
             del record
 
-    return finalize(out, samples, grid, records, scorer, config)
+    if not shard.active:
+        return finalize(out, samples, grid, records, scorer, config)
+    distributed.barrier(shard)  # every shard is complete
+    if shard.main:
+        metrics = finalize(out, samples, grid, merge_shards(out, uids, grid), scorer, config)
+    distributed.barrier(shard)
+    if not shard.main:
+        metrics = json.loads((out / METRICS_FILE).read_text(encoding="utf-8"))
+    return metrics
+
+
+def _device_name(device: torch.device) -> str:
+    """``cpu`` or e.g. ``cuda:0 (NVIDIA H100 80GB HBM3)``: where a prediction was computed."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)
+
+
+def merge_shards(out: str | Path, uids: Sequence[str], grid: Sequence[Configuration]) -> list[dict[str, Any]]:
+    """Fold ``predictions.rank*.jsonl`` into ``predictions.jsonl``; return every record.
+
+    Without shard files the predictions file is left untouched. With them, the records (first occurrence
+    of each key, truncated last lines dropped) are written in the single-process order (samples, then the
+    grid; records of other samples after them) to a temporary file that atomically replaces
+    ``predictions.jsonl``; only then are the shards removed, so a kill at any point loses nothing.
+    """
+    out = Path(out)
+    path = out / PREDICTIONS_FILE
+    shards = distributed.shard_files(out)
+    records = load_predictions(path, repair=True)
+    if not shards:
+        return records
+    seen = {record_key(r) for r in records}
+    for shard_path in shards:
+        for r in load_predictions(shard_path, repair=True):
+            if record_key(r) not in seen:
+                seen.add(record_key(r))
+                records.append(r)
+    rank = {(u, c.method, c.budget_key): i for i, (u, c) in enumerate((u, c) for u in uids for c in grid)}
+    records.sort(key=lambda r: rank.get(record_key(r), len(rank)))  # stable: others keep their order
+    tmp = path.with_name(path.name + ".merging")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    for shard_path in shards:
+        shard_path.unlink()
+    return records
 
 
 # --------------------------------------------------------------------------------------------------
@@ -906,6 +971,7 @@ __all__ = [
     "finalize",
     "get_scorer",
     "load_predictions",
+    "merge_shards",
     "method_params",
     "run",
     "sample_uid",
