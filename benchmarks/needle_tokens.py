@@ -10,7 +10,9 @@ observation window attends to most, plus pooling neighbours) lets the model star
 then lose it. This script measures that directly from the caches: for each method and budget, the
 share of needle tokens kept (mean over layers and KV heads), the share of layers keeping the whole
 needle in every head, and the mean number of leading needle tokens kept in every layer and head.
-If ``--predictions`` points at an eval run's predictions.jsonl, the answers are joined on.
+If ``--predictions`` points at an eval run's predictions.jsonl, the answers are joined on; ``--decode``
+answers and scores every configuration here instead, which also works for method variants written
+``name:param=value;param=value`` (e.g. ``dynamickv:window=32``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 from dynamickv.analysis.retention import needle_spans
 from dynamickv.cache import compressed_layers
 from dynamickv.eval import ruler
-from dynamickv.eval.runner import method_params, sample_uid, split_prompt
+from dynamickv.eval.runner import _decode, get_scorer, method_params, sample_uid, split_prompt
 from dynamickv.models import load_model
 from dynamickv.replay import derive_cache, record_prefill
 
@@ -56,6 +58,16 @@ def needle_stats(cache, span: list[int]) -> dict[str, float]:
     }
 
 
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """``"dynamickv:window=32;pooling=max"`` -> ``("dynamickv", {"window": 32, "pooling": "max"})``."""
+    name, _, rest = spec.partition(":")
+    params = {}
+    for item in filter(None, rest.split(";")):
+        key, _, value = item.partition("=")
+        params[key] = int(value) if value.lstrip("-").isdigit() else value
+    return name, params
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -65,6 +77,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="128,256,512")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--predictions", default=None, help="an eval run's predictions.jsonl to join")
+    ap.add_argument("--decode", action="store_true", help="answer and score every configuration here")
     ap.add_argument("--out", default="docs/results/needle_tokens.json")
     args = ap.parse_args()
 
@@ -74,6 +87,11 @@ def main() -> None:
         s.meta["uid"] = f"{args.task}/{args.length}/{s.index}"
     budgets = [int(b) for b in args.budgets.split(",")]
     methods = args.methods.split(",")
+    scorer = get_scorer("ruler")
+    if args.decode:
+        from dynamickv.pipeline import CompressedContext, Pipeline
+
+        pipe = Pipeline(model, tok, "fullkv", budget=1)
     answers: dict[tuple[str, str, int], float] = {}
     if args.predictions:
         for line in open(args.predictions, encoding="utf-8"):
@@ -82,14 +100,16 @@ def main() -> None:
 
     rows: list[dict] = []
     for sample in samples:
-        head_ids, _ = split_prompt(sample, tok)
+        head_ids, tail_ids = split_prompt(sample, tok)
         spans = needle_spans(sample, tok, head_ids[0].tolist())
         if not spans:
             continue
         record = record_prefill(model, head_ids)
         for method in methods:
             for b in budgets:
-                cache, _ = derive_cache(record, method, b, **method_params(method, sample, "category"))
+                name, params = parse_variant(method)
+                params = {**method_params(name, sample, "category"), **params}
+                cache, stats = derive_cache(record, name, b, **params)
                 row = {
                     "uid": sample_uid(sample),
                     "method": method,
@@ -97,6 +117,10 @@ def main() -> None:
                     **needle_stats(cache, spans[0]),
                 }
                 score = answers.get((row["uid"], method, b))
+                if args.decode:
+                    ctx = CompressedContext(cache, head_ids, stats, record.seconds)
+                    row["prediction"] = _decode(pipe, ctx, tail_ids, sample, sample.max_new_tokens)
+                    score = scorer.sample(sample, row["prediction"])
                 if score is not None:
                     row["score"] = score
                 rows.append(row)

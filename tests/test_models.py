@@ -470,3 +470,12 @@ def test_special_tokens_follow_the_model_config() -> None:
     assert tok.eos_token == "</s>" and tok.eos_token_id == eos
     assert models.align_special_tokens(tok, config) == []  # already right: nothing to do
     assert models.align_special_tokens(tok, SimpleNamespace(eos_token_id=10**6)) == []  # not a token
+
+
+def test_device_auto_needs_accelerate(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a)
+    )
+    with pytest.raises(DynamicKVError, match="accelerate"):
+        load_model("smollm2-135m", device="auto")

@@ -24,7 +24,7 @@ app = typer.Typer(
 )
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded name, HF id, local dir or .gguf file")]
-DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")]
+DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... or auto (layers spread over all GPUs)")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
 
 

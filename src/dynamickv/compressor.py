@@ -148,7 +148,9 @@ class _Session:
             layer = CompressedLayer(layer.keys, layer.values, pos, n, self.group)
             self.cache.layers[layer_idx] = layer
         if index is not None:
-            layer.keep(index)
+            # a selection may come from another layer's device (WindowKV groups, DynamicKV's
+            # re-allocation) when consecutive layers live on different devices
+            layer.keep(index.to(layer.keys.device))
 
     def finish(self) -> PrefillStats:
         self.active = False

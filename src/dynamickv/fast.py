@@ -119,14 +119,25 @@ class StaticDecoder:
         if any(layer.keys.shape[-2] != layer.prompt_kept for layer in cache.layers):
             raise RuntimeError("the static decoder starts right after prefill")
         device = cache.layers[0].keys.device
-        self.step_t = torch.zeros(1, dtype=torch.long, device=device)
-        self.cache = _StaticCache([StaticLayer(layer, max_new_tokens, self.step_t) for layer in cache.layers])
+        # one step counter per device the layers live on (device_map splits), advanced together
+        self.steps = {
+            layer.keys.device: torch.zeros(1, dtype=torch.long, device=layer.keys.device)
+            for layer in cache.layers
+        }
+        self.step_t = self.steps[device]
+        self.cache = _StaticCache(
+            [StaticLayer(layer, max_new_tokens, self.steps[layer.keys.device]) for layer in cache.layers]
+        )
         batch = cache.layers[0].keys.shape[0]
         self.seen0 = cache.layers[0].seen
         self.ids = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.pos = torch.full((batch, 1), self.seen0, dtype=torch.long, device=device)
         self.capacity = max_new_tokens
-        self.graph_on = device.type == "cuda" if graph is None else graph
+        # a CUDA graph captures one device's stream: layers split over devices decode without one
+        one_cuda = device.type == "cuda" and len(self.steps) == 1
+        if graph and not one_cuda:
+            raise UnsupportedModelError("CUDA graph decoding needs every layer on one CUDA device")
+        self.graph_on = one_cuda if graph is None else graph
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
         self._compressor = Compressor(model, "fullkv", budget=1)
@@ -167,7 +178,8 @@ class StaticDecoder:
                         _sync(self.ids.device)
                         timings.append(time.perf_counter() - t0)
                     out.append(logits.argmax(-1, keepdim=True))
-                    self.step_t.add_(1)
+                    for step in self.steps.values():
+                        step.add_(1)
                     self.pos.add_(1)
             finally:
                 for m in self._modules:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dynamickv.errors import ModelNotFoundError
+from dynamickv.errors import DynamicKVError, ModelNotFoundError
 
 if TYPE_CHECKING:  # transformers takes seconds to import; the CLI's --help should not pay for it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -644,16 +644,29 @@ def load_model(
     The model is in eval mode on ``device``; the tokenizer pads on the left (what decoder-only
     batched generation needs, and what the KV-cache methods assume) and has a pad token (EOS when
     the model defines none). See :func:`resolve_model_dir` for the accepted ``name_or_path`` forms.
+
+    ``device="auto"`` spreads the layers over every visible GPU (``device_map="auto"``, through
+    ``accelerate``), for models or contexts larger than one GPU; each layer's compressed cache then
+    stays on that layer's GPU.
     """
+    auto = str(device) == "auto"
+    if auto and importlib.util.find_spec("accelerate") is None:
+        raise DynamicKVError(
+            'device="auto" (layers spread over GPUs) needs accelerate: pip install accelerate'
+        )
     model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir, progress=progress)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with _quiet_progress(not progress):
         model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=dtype, attn_implementation=attn_implementation
+            model_dir,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            **({"device_map": "auto"} if auto else {}),
         )
-    model.to(torch.device(device))
+    if not auto:
+        model.to(torch.device(device))
     model.eval()
 
     tokenizer.padding_side = "left"

@@ -74,7 +74,8 @@ class Observation:
         self.queries = queries
         self.keys = keys
         self.scaling = float(scaling)
-        self.valid = valid
+        # with layers split over devices (device_map), the padding mask lives on the first one
+        self.valid = valid if valid is None or valid.device == keys.device else valid.to(keys.device)
         self.layer = layer
         self._attn: torch.Tensor | None = None
         self._sums: dict[int, torch.Tensor] = {}

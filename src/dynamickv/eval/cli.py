@@ -154,7 +154,9 @@ def eval_command(
     max_input_tokens: Annotated[
         int | None, typer.Option(help="LongBench truncation length (default: from the model)")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="cpu, cuda, cuda:1, ... or auto (layers spread over all GPUs)")
+    ] = "cpu",
     dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
     attn: Annotated[str, typer.Option(help="attention implementation: sdpa or eager")] = "sdpa",
     shared_prefill: Annotated[

@@ -96,7 +96,7 @@ class DynamicKV(Method):
         b, h = self._cand[0].shape[:2]
         padded = torch.full((n_layers, b, h, self._bs), float("-inf"), device=self._cand[0].device)
         for j, cand in enumerate(self._cand):
-            padded[j, ..., : cand.shape[-1]] = cand
+            padded[j, ..., : cand.shape[-1]] = cand.to(padded.device)  # layers may sit on other devices
         flat = padded.permute(1, 0, 2, 3).reshape(b, -1)  # per batch row: layer x head x position
         k = min(self._base * n_layers * h, flat.shape[-1])
         counts = torch.zeros(n_layers, dtype=torch.double)

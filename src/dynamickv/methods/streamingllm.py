@@ -49,7 +49,7 @@ class StreamingLLM(Method):
         if info.valid is None:
             first = torch.zeros(obs.batch, dtype=torch.long, device=device)
         else:
-            first = (~info.valid).sum(dim=1)  # left padding: first real token of each row
+            first = (~info.valid).sum(dim=1).to(device)  # left padding: first real token of each row
         sink = first.view(-1, 1) + torch.arange(sinks, device=device).view(1, -1)
         idx = torch.cat([sink, recent.expand(obs.batch, -1)], dim=-1)
         return [(layer, idx.unsqueeze(1).expand(obs.batch, obs.num_kv_heads, k))]
