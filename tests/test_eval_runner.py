@@ -318,4 +318,8 @@ def test_cli_errors_before_loading_a_model(tmp_path, monkeypatch, capsys):
     assert "--resume" in run_cli("ruler", "--out", str(done))
     err = run_cli("ruler", "--budgets", "128", "--out", str(done), "--resume")
     assert "different configuration" in err and "budgets" in err
+    # one model spread over every GPU cannot be combined with one rank per GPU
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    assert "--device cuda" in run_cli("ruler", "--tasks", "vt", "--device", "auto", "--out", out)
     assert not (tmp_path / "out").exists()

@@ -233,6 +233,10 @@ def eval_command(
 
     # under torchrun / accelerate launch: one rank per process, each on its own GPU, sharing the samples
     shard = distributed.current_shard()
+    if shard.active and device == "auto":
+        raise InputError(
+            "--device auto spreads one model over every GPU; under torchrun give each rank its own: --device cuda"
+        )
     distributed.init(shard)
     device = distributed.shard_device(device, shard)
     t0 = time.perf_counter()
