@@ -29,6 +29,7 @@ from dynamickv.analysis.retention import needle_spans
 from dynamickv.cache import compressed_layers
 from dynamickv.eval import ruler
 from dynamickv.eval.runner import _decode, get_scorer, method_params, sample_uid, split_prompt
+from dynamickv.methods import parse_method_spec
 from dynamickv.models import load_model
 from dynamickv.replay import derive_cache, record_prefill
 
@@ -56,16 +57,6 @@ def needle_stats(cache, span: list[int]) -> dict[str, float]:
         "layers_whole": sum(whole) / n,
         "leading_kept": sum(leading) / n,
     }
-
-
-def parse_variant(spec: str) -> tuple[str, dict]:
-    """``"dynamickv:window=32;pooling=max"`` -> ``("dynamickv", {"window": 32, "pooling": "max"})``."""
-    name, _, rest = spec.partition(":")
-    params = {}
-    for item in filter(None, rest.split(";")):
-        key, _, value = item.partition("=")
-        params[key] = int(value) if value.lstrip("-").isdigit() else value
-    return name, params
 
 
 def main() -> None:
@@ -107,7 +98,7 @@ def main() -> None:
         record = record_prefill(model, head_ids)
         for method in methods:
             for b in budgets:
-                name, params = parse_variant(method)
+                name, params = parse_method_spec(method)
                 params = {**method_params(name, sample, "category"), **params}
                 cache, stats = derive_cache(record, name, b, **params)
                 row = {

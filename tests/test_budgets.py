@@ -77,3 +77,30 @@ def test_dynamickv_global_budget_exact(n, B, L, m, r_max):
     assert non_window == min((B - w) * L, cap * L)  # sum is exactly G (unless layers run out)
     assert all(0 <= s - w <= cap for s in sizes)
     assert method.budgets() == sizes
+
+
+def test_method_specs_name_ablations():
+    """``name:param=value;...`` builds the method with those parameters, typed like the defaults."""
+    from dynamickv.errors import BudgetError, UnknownMethodError
+    from dynamickv.methods import method_spec, parse_method_spec
+
+    name, params = parse_method_spec(" SnapKV:window=8; pooling=avg ")
+    assert (name, params) == ("snapkv", {"window": 8, "pooling": "avg"})
+    assert method_spec(name, params) == "snapkv:window=8;pooling=avg"
+    m = get_method("snapkv:window=8;pooling=avg")
+    assert (m.window, m.pooling) == (8, "avg")
+    assert get_method("snapkv:window=8", window=16).window == 16  # keywords override the spec
+    assert get_method("dynamickv:r_max=5").r_max == 5.0 and isinstance(
+        get_method("dynamickv:r_max=5").r_max, float
+    )
+    assert parse_method_spec("dynamickv") == ("dynamickv", {})
+    with pytest.raises(UnknownMethodError):
+        parse_method_spec("zip:window=8")
+    with pytest.raises(BudgetError, match="unknown parameter 'windw'"):
+        parse_method_spec("snapkv:windw=8")
+    with pytest.raises(BudgetError, match="not a int"):
+        parse_method_spec("snapkv:window=eight")
+    with pytest.raises(BudgetError, match="expected name=value"):
+        parse_method_spec("snapkv:window")
+    with pytest.raises(BudgetError, match="pooling"):
+        parse_method_spec("snapkv:pooling=median")  # the method's own validation

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("tokenizers")
 pytest.importorskip("rich")
@@ -323,3 +324,29 @@ def test_cli_errors_before_loading_a_model(tmp_path, monkeypatch, capsys):
         monkeypatch.setenv(name, value)
     assert "--device cuda" in run_cli("ruler", "--tasks", "vt", "--device", "auto", "--out", out)
     assert not (tmp_path / "out").exists()
+
+
+def test_method_specs_in_a_grid(model, tok, tmp_path):
+    """A spec is its own configuration: labelled by the spec, built with its parameters, and the
+    shared prefill still equals running it alone."""
+    methods = ["snapkv", "snapkv:window=8;pooling=avg"]
+    shared = _run(make_samples(2), model, tok, tmp_path / "a", methods=methods, budgets=[40])
+    alone = _run(
+        make_samples(2), model, tok, tmp_path / "b", methods=methods, budgets=[40], shared_prefill=False
+    )
+    assert [c["method"] for c in shared["configurations"]] == [
+        "fullkv",
+        "snapkv",
+        "snapkv:window=8;pooling=avg",
+    ]
+    got = _lines(tmp_path / "a" / runner.PREDICTIONS_FILE)
+    assert sorted(map(_stable, got)) == sorted(map(_stable, _lines(tmp_path / "b" / runner.PREDICTIONS_FILE)))
+    assert _stable_metrics(shared) == _stable_metrics(alone)
+    # the parameters took effect: the variant keeps other tokens than the default on some sample
+    from dynamickv.replay import derive_cache, record_prefill
+
+    head, _ = runner.split_prompt(make_samples(1)[0], tok)
+    record = record_prefill(model, head)
+    a, _ = derive_cache(record, "snapkv", 40)
+    b, _ = derive_cache(record, "snapkv:window=8;pooling=avg", 40)
+    assert any(not torch.equal(x.positions, y.positions) for x, y in zip(a.layers, b.layers, strict=True))

@@ -218,7 +218,7 @@ def eval_command(
         for b in config["budgets"]:
             tokens = parse_budget(b).tokens
             if tokens is not None:
-                get_method(name).validate(tokens, num_layers=10**6)
+                get_method(name).validate(tokens, num_layers=10**6)  # name may be a spec
     runner.check_out_dir(
         out, {**config, "max_new_tokens": max_new_tokens}, resume, ignore=("num_samples", "samples_digest")
     )

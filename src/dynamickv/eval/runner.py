@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -90,15 +91,15 @@ class Configuration:
 
 
 def normalize_methods(methods: Iterable[str]) -> list[str]:
-    """Registry names, FullKV first (always included once), duplicates removed; unknown -> error."""
-    from dynamickv.methods import get_method
+    """Canonical method specs (``snapkv`` or ``snapkv:window=8;pooling=avg``), FullKV first (always
+    included once), duplicates removed; unknown methods or parameters -> error."""
+    from dynamickv.methods import method_spec, parse_method_spec
 
     out = [REFERENCE]
     for name in methods:
-        key = str(name).strip().lower()
-        if not key:
+        if not str(name).strip():
             continue
-        get_method(key)  # raises UnknownMethodError
+        key = method_spec(*parse_method_spec(str(name)))  # raises on unknown names and parameters
         if key not in out:
             out.append(key)
     return out
@@ -127,11 +128,15 @@ def configurations(
 
 
 def method_params(method: str, sample: Sample, windowkv_mode: str) -> dict[str, Any]:
-    """Per-sample method parameters: with ``windowkv_mode="category"``, WindowKV's mode from the task
-    category (localization for qa, aggregation otherwise)."""
-    if method == "windowkv" and windowkv_mode == "category":
-        return {"mode": "localization" if sample.category == "qa" else "aggregation"}
-    return {}
+    """Per-sample parameters of a method spec: the spec's own, and with ``windowkv_mode="category"``
+    WindowKV's mode from the task category (localization for qa, aggregation otherwise) unless the
+    spec fixes it."""
+    from dynamickv.methods import parse_method_spec
+
+    name, fixed = parse_method_spec(method)
+    if name == "windowkv" and windowkv_mode == "category":
+        return {"mode": "localization" if sample.category == "qa" else "aggregation", **fixed}
+    return fixed
 
 
 def _check_windowkv_mode(mode: str) -> str:
@@ -622,7 +627,7 @@ def run(
                     "prefill_seconds": prefill_seconds,
                     "device": _device_name(device),
                 }
-                if c.method == "windowkv":
+                if c.method.split(":")[0] == "windowkv":
                     entry["windowkv_mode"] = ctx.stats.extra.get("mode")
                     entry["windowkv_mode_setting"] = params.get("mode", "auto")
                 fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -927,7 +932,8 @@ def write_heatmaps(
         if not cells:
             continue
         scores = {k: sum(v) / len(v) for k, v in cells.items()}
-        name = c.method if c.budget is None else f"{c.method}_B{c.budget_key}"
+        label = re.sub(r"[^A-Za-z0-9_.-]+", "_", c.method)  # specs hold ':', ';' and '='
+        name = label if c.budget is None else f"{label}_B{c.budget_key}"
         paths.append(niah.heatmap(scores, out / HEATMAP_DIR / f"{name}.png", f"{title} {c.label}".strip()))
     return paths
 
