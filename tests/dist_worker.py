@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch
 
 from dynamickv.eval import distributed, runner
-from evalkit import BUDGETS, METHODS, OverlapScorer, eval_model, eval_tokenizer, make_samples
+from evalkit import eval_model, eval_tokenizer, make_samples, run_grid
 
 
 def main() -> None:
@@ -45,15 +45,11 @@ def main() -> None:
         runner._decode = dying
     tok = eval_tokenizer()
     model = eval_model(tok)
-    runner.run(
+    run_grid(
         make_samples(args.samples),
         model,
         tok,
-        METHODS,
-        BUDGETS,
         args.out,
-        scorer=OverlapScorer(),
-        progress=False,
         windowkv_mode="category",
         resume=args.resume,
         shard=shard,

@@ -6,13 +6,14 @@ exactly the same model to compare a sharded run with a single-process one.
 
 from __future__ import annotations
 
+import json
 import random
 
 import torch
 
 from dynamickv.eval import runner
 from dynamickv.eval.base import Sample
-from tiny import word_tokenizer
+from tiny import tiny_model, word_tokenizer
 
 WORDS = [f"w{i}" for i in range(120)]
 METHODS = ["snapkv", "pyramidkv", "dynamickv", "windowkv", "h2o", "streamingllm"]
@@ -24,30 +25,18 @@ def eval_tokenizer():
 
 
 def eval_model(tok) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
+    """tests/tiny.py's Llama, 4 layers, sized to the word vocabulary, with no BOS/EOS."""
+    model = tiny_model(
+        "llama",
         vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
         num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=1024,
-        tie_word_embeddings=False,
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=1,
     )
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(0)
-    mdl = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # sharpen attention so that the methods keep different tokens
-        for name, p in mdl.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.mul_(4.0)
-    mdl.generation_config.eos_token_id = None
-    return mdl
+    model.generation_config.eos_token_id = None
+    return model
 
 
 def make_samples(n: int = 3, seed: int = 0) -> list[Sample]:
@@ -78,3 +67,26 @@ class OverlapScorer(runner.Scorer):
     def sample(self, sample, prediction):
         words = prediction.split()
         return 100.0 * sum(w in sample.answers for w in words) / len(words) if words else 0.0
+
+
+def run_grid(samples, model, tok, out, **kwargs) -> dict:
+    """``runner.run`` over the tests' grid (METHODS x BUDGETS, the overlap scorer, no progress bar)."""
+    kwargs.setdefault("scorer", OverlapScorer())
+    kwargs.setdefault("progress", False)
+    methods, budgets = kwargs.pop("methods", METHODS), kwargs.pop("budgets", BUDGETS)
+    return runner.run(samples, model, tok, methods, budgets, out, **kwargs)
+
+
+def stable_record(record: dict) -> str:
+    """A prediction record without its timings (what must not differ between equivalent runs)."""
+    return json.dumps({k: v for k, v in record.items() if k not in runner.TIMING_FIELDS}, sort_keys=True)
+
+
+def stable_metrics(metrics: dict) -> dict:
+    """Metrics without their timings."""
+    out = {k: v for k, v in metrics.items() if k != "timing"}
+    out["cost"] = {
+        m: {b: {k: v for k, v in row.items() if k != "seconds"} for b, row in rows.items()}
+        for m, rows in metrics["cost"].items()
+    }
+    return out

@@ -18,7 +18,7 @@ pytest.importorskip("tokenizers")
 pytest.importorskip("rich")
 
 from dynamickv.eval import distributed, runner
-from evalkit import BUDGETS, METHODS, OverlapScorer, eval_model, eval_tokenizer, make_samples
+from evalkit import eval_model, eval_tokenizer, make_samples, run_grid, stable_metrics, stable_record
 from tiny import one_thread
 
 WORKER = Path(__file__).resolve().parent / "dist_worker.py"
@@ -32,18 +32,7 @@ def _one_thread():
 
 def _run_single(out: Path, **kwargs) -> dict:
     tok = eval_tokenizer()
-    return runner.run(
-        make_samples(SAMPLES),
-        eval_model(tok),
-        tok,
-        METHODS,
-        BUDGETS,
-        out,
-        scorer=OverlapScorer(),
-        progress=False,
-        windowkv_mode="category",
-        **kwargs,
-    )
+    return run_grid(make_samples(SAMPLES), eval_model(tok), tok, out, windowkv_mode="category", **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +54,10 @@ def _lines(path: Path) -> list[dict]:
 
 def _stable(records: list[dict]) -> list[str]:
     """Records without their timings, in file order."""
-    return [
-        json.dumps({k: v for k, v in r.items() if k not in runner.TIMING_FIELDS}, sort_keys=True)
-        for r in records
-    ]
+    return [stable_record(r) for r in records]
 
 
-def _stable_metrics(metrics: dict) -> dict:
-    out = {k: v for k, v in metrics.items() if k != "timing"}
-    out["cost"] = {
-        m: {b: {k: v for k, v in row.items() if k != "seconds"} for b, row in rows.items()}
-        for m, rows in metrics["cost"].items()
-    }
-    return out
+_stable_metrics = stable_metrics
 
 
 def _same_as_single(out: Path, single: tuple[Path, dict]) -> None:

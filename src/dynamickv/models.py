@@ -414,6 +414,11 @@ def _check_sha(actual: str, expected: str, what: str, fix: str) -> None:
         )
 
 
+def _embedded_source(entry: EmbeddedModel) -> dict:
+    """What a converted embedded model's cache entry records about where it came from."""
+    return {"name": entry.name, "kind": "embedded", "gguf_file": entry.gguf_name}
+
+
 def _resolve_embedded(entry: EmbeddedModel, cache_root: Path, progress: bool) -> Path:
     target = cache_root / "models" / entry.name
     if _is_complete(target, entry.sha256):
@@ -464,7 +469,7 @@ def _resolve_embedded(entry: EmbeddedModel, cache_root: Path, progress: bool) ->
     return _build_cached(
         target,
         sha256=entry.sha256,
-        source={"name": entry.name, "kind": "embedded", "gguf_file": entry.gguf_name},
+        source=_embedded_source(entry),
         make_gguf=make_gguf,
         progress=progress,
     )
@@ -492,7 +497,7 @@ def import_gguf(
     return _build_cached(
         target,
         sha256=entry.sha256,
-        source={"name": entry.name, "kind": "embedded", "gguf_file": entry.gguf_name},
+        source=_embedded_source(entry),
         make_gguf=lambda _workdir: path,
         progress=progress,
     )

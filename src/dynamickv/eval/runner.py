@@ -488,7 +488,7 @@ def run(
     """
     from dynamickv.cache import cache_bytes, kept_tokens_per_layer
     from dynamickv.compressor import compressible_layers
-    from dynamickv.methods import get_method
+    from dynamickv.methods import get_method, parse_method_spec
     from dynamickv.pipeline import CompressedContext, Pipeline
     from dynamickv.replay import derive_cache, record_prefill
 
@@ -556,9 +556,10 @@ def run(
         config_path = out / CONFIG_FILE
         if not config_path.is_file():
             _write_json(config_path, {**config, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        merge_shards(out, uids, grid)  # fold in what an interrupted sharded run left
+        records = merge_shards(out, uids, grid)  # fold in what an interrupted sharded run left
     distributed.barrier(shard)
-    records = load_predictions(preds_path, repair=shard.main)
+    if not shard.main:
+        records = load_predictions(preds_path, repair=False)
     done = {record_key(r) for r in records}
 
     pending = [
@@ -570,6 +571,7 @@ def run(
     total = len(mine) * len(grid)
     completed = sum((uid, c.method, c.budget_key) in done for _, uid in mine for c in grid)
     device = next(model.parameters()).device
+    device_name = _device_name(device)
     answer_pipe = Pipeline(model, tokenizer, REFERENCE, budget=1)  # its compressor installs the wrapper
     write_path = distributed.shard_file(out, shard.rank) if shard.active else preds_path
 
@@ -594,16 +596,17 @@ def run(
                 prefill_seconds = time.perf_counter() - t0
             for c in todo:
                 bar.update(bar_task, description=f"{uid} {c.label}")
-                params = method_params(c.method, sample, windowkv_mode)
+                name = parse_method_spec(c.method)[0]
+                params = method_params(c.method, sample, windowkv_mode)  # the spec's own included
                 budget: Budget | int = c.budget if c.budget is not None else n_head
                 _sync(device)
                 t0 = time.perf_counter()
                 if record is not None:
-                    cache, stats = derive_cache(record, c.method, budget, **params)
+                    cache, stats = derive_cache(record, name, budget, **params)
                     ctx = CompressedContext(cache, head_ids, stats, record.seconds)
                     pipe = answer_pipe
                 else:
-                    pipe = Pipeline(model, tokenizer, c.method, budget, **params)
+                    pipe = Pipeline(model, tokenizer, name, budget, **params)
                     ctx = pipe.prefill(head_ids)
                 kv = cache_bytes(ctx.cache)
                 kept = kept_tokens_per_layer(ctx.cache)
@@ -625,9 +628,9 @@ def run(
                     "compressed_tokens": int(n_head),
                     "seconds": seconds,
                     "prefill_seconds": prefill_seconds,
-                    "device": _device_name(device),
+                    "device": device_name,
                 }
-                if c.method.split(":")[0] == "windowkv":
+                if name == "windowkv":
                     entry["windowkv_mode"] = ctx.stats.extra.get("mode")
                     entry["windowkv_mode_setting"] = params.get("mode", "auto")
                 fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
