@@ -71,6 +71,22 @@ class CompressedLayer(DynamicLayer):
         self.positions = torch.gather(self.positions, 2, index)
         self.prompt_kept = index.shape[-1]
 
+    # -- views shared by every compressed layer type ------------------------------------------
+    def padded_prompt(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(keys, values, valid)`` of the kept prompt tokens as ``[batch, kv_heads, k, head_dim]``
+        tensors; ``valid`` (``[batch, kv_heads, k]`` bool) marks real slots, ``None`` when all are.
+
+        Why: decoders that copy a compressed prompt into their own buffers (the static decoder, batched
+        serving) read every compressed layer type through this one view, whatever its storage.
+        """
+        k = self.prompt_kept
+        return self.keys[:, :, :k], self.values[:, :, :k], None
+
+    def kept_counts(self) -> torch.Tensor:
+        """``[batch, kv_heads]`` prompt tokens kept per row and KV head."""
+        b, h = self.keys.shape[:2]
+        return torch.full((b, h), self.prompt_kept, dtype=torch.long)
+
     # -- transformers cache-layer protocol ---------------------------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         self.seen += key_states.shape[-2]
