@@ -66,7 +66,8 @@ GRID = list(
 @pytest.mark.parametrize("n,B,L,m,r_max", GRID)
 def test_dynamickv_global_budget_exact(n, B, L, m, r_max):
     obs = make_obs(n, L, queries=min(8, n), seed=n * 31 + L)
-    kept, method = run_method(get_method("dynamickv", update_every=m, r_max=r_max), obs, B)
+    method = get_method("dynamickv", update_every=m, r_max=r_max, allocation="candidates")
+    kept, method = run_method(method, obs, B)
     sizes = [k.shape[-1] for k in kept]
     if n <= B:
         assert sizes == [n] * L  # short prompts are kept whole
@@ -104,3 +105,20 @@ def test_method_specs_name_ablations():
         parse_method_spec("snapkv:window")
     with pytest.raises(BudgetError, match="pooling"):
         parse_method_spec("snapkv:pooling=median")  # the method's own validation
+
+
+@pytest.mark.parametrize("n,B,L,m,r_max", GRID)
+@pytest.mark.parametrize("min_ratio", [0.0, 0.5])
+def test_dynamickv_authors_rule_never_exceeds_the_budget(n, B, L, m, r_max, min_ratio):
+    obs = make_obs(n, L, queries=min(8, n), seed=n * 31 + L)
+    method = get_method("dynamickv", update_every=m, r_max=r_max, min_ratio=min_ratio)
+    kept, method = run_method(method, obs, B)
+    sizes = [k.shape[-1] for k in kept]
+    if n <= B:
+        assert sizes == [n] * L
+        return
+    w, base = 8, B - 8
+    cap = int(min(r_max * base, n - w))
+    assert sum(s - w for s in sizes) <= base * L  # never above the global budget
+    assert all(min(int(min_ratio * base), cap) <= s - w <= cap for s in sizes)  # the floor holds
+    assert method.budgets() == sizes

@@ -32,7 +32,7 @@ def run_method(method, observations, budget, valid=None, n_eff=None):
     pos = {}
     for layer, obs in enumerate(observations):
         for j, idx in method.compress(layer, obs.last(method.observation_queries)):
-            cur = pos.get(j, torch.arange(n).expand(B, HKV, n))
+            cur = pos.get(j, torch.arange(n).expand(obs.batch, obs.num_kv_heads, n))
             pos[j] = cur if idx is None else torch.gather(cur, 2, idx)
     return [pos[j] for j in range(len(observations))], method
 
@@ -154,7 +154,7 @@ def test_dynamickv_matches_reference(n, budget, L, m):
     for o in obs:  # identical rows so that row 0's reference is every row's
         o.queries[1] = o.queries[0]
         o.keys[1] = o.keys[0]
-    kept, method = run_method(get_method("dynamickv", update_every=m), obs, budget)
+    kept, method = run_method(get_method("dynamickv", update_every=m, allocation="candidates"), obs, budget)
     ref = reference_dynamickv(obs, budget, m=m)
     for j in range(L):
         for h in range(HKV):

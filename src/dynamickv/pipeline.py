@@ -32,6 +32,9 @@ class CompressedContext:
     input_ids: torch.Tensor  # [1, n] the context tokens
     stats: PrefillStats
     prefill_seconds: float
+    #: ``[1, vocab]`` the prefill's prediction after the last context token (full attention: the
+    #: prefill attends to the whole prompt before compressing it)
+    last_logits: torch.Tensor | None = None
 
     @property
     def kv_bytes(self) -> int:
@@ -105,7 +108,7 @@ class Pipeline:
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
         assert self.compressor.stats is not None
-        return CompressedContext(output_cache(out), ids, self.compressor.stats, seconds)
+        return CompressedContext(output_cache(out), ids, self.compressor.stats, seconds, out.logits[:, -1])
 
     @torch.inference_mode()
     def answer(
@@ -116,6 +119,18 @@ class Pipeline:
         **generate_kwargs: Any,
     ) -> str:
         """Generate an answer to ``question`` (text appended after the context) from ``ctx``."""
+        out = self.generate_ids(ctx, question, max_new_tokens, **generate_kwargs)
+        return self.tokenizer.decode(out[0], skip_special_tokens=True)
+
+    @torch.inference_mode()
+    def generate_ids(
+        self,
+        ctx: CompressedContext,
+        question: str | torch.Tensor,
+        max_new_tokens: int = 64,
+        **generate_kwargs: Any,
+    ) -> torch.Tensor:
+        """``[1, k]`` greedy tokens after ``question`` (fed after the context) from ``ctx``'s cache."""
         q = question if isinstance(question, torch.Tensor) else self._ids(question)
         if q.dim() == 1:
             q = q.unsqueeze(0)
@@ -133,7 +148,7 @@ class Pipeline:
                 max_new_tokens=max_new_tokens,
                 **generate_kwargs,
             )
-        return self.tokenizer.decode(out[0, ids.shape[-1] :], skip_special_tokens=True)
+        return out[:, ids.shape[-1] :]
 
     def ask(self, context: str, questions: list[str], max_new_tokens: int = 64) -> list[str]:
         """Chat-format ``context`` + each question, prefill the context once, answer each."""

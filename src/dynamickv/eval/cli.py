@@ -147,6 +147,14 @@ def eval_command(
     windowkv_mode: Annotated[
         str, typer.Option(help="auto: WindowKV decides; category: localization for qa, else aggregation")
     ] = "auto",
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="raw: the whole raw prompt compressed, first token from the prefill (the papers'); "
+            "chat: the prompt as the chat user turn compressed; agnostic: the context alone compressed, "
+            "the question after it"
+        ),
+    ] = "raw",
     seed: Annotated[int, typer.Option(help="RULER generation seed")] = 42,
     max_new_tokens: Annotated[
         int | None, typer.Option(help="cap on generated tokens (default: the benchmark's per task)")
@@ -190,12 +198,16 @@ def eval_command(
             raise InputError("LongBench needs --data-dir: the folder holding the <task>.jsonl files")
     if windowkv_mode not in ("auto", "category"):
         raise InputError(f"--windowkv-mode must be auto or category, got {windowkv_mode!r}")
+    from dynamickv.eval.prompts import check_protocol
+
+    protocol = check_protocol(protocol.strip().lower())
     config = runner.build_config(
         benchmark,
         model,
         _csv(methods),
         _csv(budgets),
         windowkv_mode=windowkv_mode,
+        protocol=protocol,
         tasks=task_list,
         lengths=length_list if benchmark in ("ruler", "niah") else None,
         depths=depth_list if benchmark == "niah" else None,
@@ -270,6 +282,7 @@ def eval_command(
             resume=resume,
             config=config,
             windowkv_mode=windowkv_mode,
+            protocol=protocol,
             max_new_tokens=max_new_tokens,
             shared_prefill=shared_prefill,
             progress=progress,

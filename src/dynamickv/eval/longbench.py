@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dynamickv.errors import InputError
-from dynamickv.eval.base import Sample
+from dynamickv.eval.base import Sample, question_offset
 from dynamickv.eval.metrics import aggregate, dataset2metric, sample_score
 
 __all__ = [
@@ -529,6 +529,7 @@ def build_samples(
                     "_id": record["_id"],
                     "language": record["language"],
                     "stop_on_newline": task == "samsum",
+                    "question_offset": question_offset(prompt, template),
                 },
             )
         )

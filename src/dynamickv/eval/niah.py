@@ -213,6 +213,7 @@ def generate(
                         "actual_depth": 100.0 * at / max(1, len(context)),
                         "keywords": keys,
                         "question": question,
+                        "question_offset": len(prompt) - len(tail),
                         "prompt_tokens": n_tokens,
                         "template_overhead": overhead,
                     },

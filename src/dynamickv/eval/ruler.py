@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from dynamickv.errors import InputError
-from dynamickv.eval.base import Sample
+from dynamickv.eval.base import Sample, question_offset
 
 RULER_TASKS: tuple[str, ...] = (
     "niah_single_1",
@@ -466,6 +466,16 @@ def _fit_sample(
     raise _TooLong(length)
 
 
+def _with_question_offsets(task: str, samples: list[Sample]) -> list[Sample]:
+    """Set ``meta["question_offset"]`` (where the context ends) from the task's template, for the
+    query-agnostic protocol; also on samples cached before this field existed."""
+    template = task_config(task)["template"]
+    for s in samples:
+        if s.meta.get("question_offset") is None:
+            s.meta["question_offset"] = question_offset(s.prompt, template)
+    return samples
+
+
 def _answer_prefix(prompt: str, config: dict[str, Any]) -> str:
     prefix = config.get("answer_prefix", "")
     head = re.split(r"\{", prefix, maxsplit=1)[0]
@@ -647,11 +657,13 @@ def generate(
             with open(path, encoding="utf-8") as f:
                 samples = [Sample(**json.loads(line)) for line in f if line.strip()]
             if len(samples) == num_samples:
-                return samples
+                return _with_question_offsets(task, samples)
         except (ValueError, TypeError):  # a corrupt or outdated file: regenerate
             pass
     with _LOCK:
-        samples = _generate_uncached(task, tokenizer, seq_length, num_samples, seed)
+        samples = _with_question_offsets(
+            task, _generate_uncached(task, tokenizer, seq_length, num_samples, seed)
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:

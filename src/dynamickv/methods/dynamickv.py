@@ -3,41 +3,69 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from ..budget import capped_allocation
 from ..errors import BudgetError
 from ..scoring import Observation, Pooling, stable_topk
+from .allocation import authors_allocation, candidate_allocation, normalized_scores
 from .base import KeepOp, Method, PrefillInfo, select_top
+
+Allocation = Literal["authors", "candidates"]
+Normalize = Literal["none", "sum"]
 
 
 @dataclass
 class DynamicKV(Method):
-    """Task-adaptive, layer-adaptive budgets.
+    """Task-adaptive, layer-adaptive budgets (the paper's algorithm, as its authors released it).
 
     Paper: Zhou et al., "DynamicKV: Task-Aware Adaptive KV Cache Compression for Long Context
-    LLMs", EMNLP 2025 Findings (arXiv 2412.14838).
+    LLMs", EMNLP 2025 Findings (arXiv 2412.14838). Authors' code: github.com/DreamMr/DynamicKV.
 
     With ``L`` layers, ``base = B - w`` and the global budget ``G = base * L``, each layer keeps as
     candidates its top ``bs = min(r_max * base, n - w)`` pooled-score tokens per KV head (plus the
     window). Every ``m`` layers, and after the last one, the global top ``base * (l + 1) * H_kv``
-    candidate scores over all layers so far decide each layer's share; shares are scaled to the
-    whole of ``G`` (so early layers hold more until later updates shrink them), capped at what a
-    layer still holds (layers never grow back, the excess goes to the others in proportion),
-    rounded with the largest-remainder rule, and every layer is cut to its top tokens. After the
-    last layer the kept non-window tokens sum to ``G`` exactly, so the average layer holds ``B``.
+    scores over layers ``0..l`` decide each layer's share of ``G``; every layer ``j <= l`` is then cut
+    to its top ``b_j`` candidates (a layer never grows back). After the last layer the average layer
+    holds ``B`` tokens (fewer only where a layer's share exceeded what it still held).
 
-    Unlike the authors' code: window tokens are never duplicated, the rounding remainder is not
-    dumped on the newest layer, prompts shorter than the window do not crash, ``m`` is a parameter
-    and K/V are not repeated per query head.
+    ``allocation`` picks how the shares are formed:
+
+    * ``"authors"`` (default, what produced the published numbers): the top-k runs over *all*
+      pooled scores of layers ``0..l``; each layer's count is floor-divided by ``l + 1``, budgets are
+      ``floor(bs * share)`` rescaled to ``G`` with floors, and the rounding shortfall goes to the
+      newest layer.
+    * ``"candidates"``: the top-k runs over the candidates each layer still holds; float shares are
+      scaled to ``G`` with water-filling under the held counts and rounded with the largest-remainder
+      rule (exact sums, no bias towards the newest layer).
+
+    Fixes to the authors' code, in both modes: window tokens are never duplicated (a share above
+    what a layer holds is capped there), re-allocation also runs after the last layer when ``L`` is
+    not a multiple of ``m`` (without it the last layers keep ``bs`` and the cache exceeds ``B``),
+    prompts shorter than the window keep everything, ``m`` is a parameter, K/V are not repeated per
+    query head (selection is per KV head, scores averaged over its query heads).
+
+    Robust-allocation options (off by default; measured in ``docs/evaluation.md``):
+
+    * ``min_ratio``: every layer keeps at least ``min_ratio * base`` tokens; the rest of ``G`` is
+      shared as above. The authors' code defines ``radio_min = 0.1`` but never applies it.
+    * ``normalize="sum"``: the allocation counts each (layer, head)'s scores divided by their sum over
+      the counted tokens, so a layer whose attention goes mostly to the sink or the window no longer
+      loses budget to layers whose attention is merely diffuse.
+    * ``sink``: the first ``sink`` tokens are left out of the allocation's counting (they stay
+      selectable within each layer).
 
     Attributes:
         window: observation window ``w`` (always kept), 8.
         kernel: pooling kernel ``k``, 7.
-        pooling: ``"avg"`` (the authors' default; their Mistral/Qwen2 scripts use ``"max"``).
+        pooling: ``"avg"`` (the authors' Llama scripts; their Mistral/Qwen2 scripts use ``"max"``).
         r_max: a layer holds at most ``r_max * (B - w)`` non-window tokens, 10.
         update_every: re-allocation interval ``m`` in layers, 4.
+        allocation: ``"authors"`` or ``"candidates"`` (see above).
+        min_ratio: per-layer floor as a fraction of ``B - w``, 0.
+        normalize: ``"none"`` or ``"sum"`` (see above).
+        sink: leading tokens left out of the allocation's counting, 0.
     """
 
     name = "dynamickv"
@@ -49,23 +77,38 @@ class DynamicKV(Method):
     pooling: Pooling = "avg"
     r_max: float = 10.0
     update_every: int = 4
+    allocation: Allocation = "authors"
+    min_ratio: float = 0.0
+    normalize: Normalize = "none"
+    sink: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.update_every < 1:
-            raise BudgetError(f"dynamickv: update_every (m) must be >= 1, got {self.update_every}")
-        if self.r_max < 1:
-            raise BudgetError(f"dynamickv: r_max must be >= 1, got {self.r_max}")
+            raise BudgetError(f"{self.name}: update_every (m) must be >= 1, got {self.update_every}")
+        if not self.r_max >= 1:
+            raise BudgetError(f"{self.name}: r_max must be >= 1, got {self.r_max}")
         if self.pooling not in ("avg", "max", "none"):
-            raise BudgetError(f"dynamickv: pooling must be 'avg', 'max' or 'none', got {self.pooling!r}")
+            raise BudgetError(f"{self.name}: pooling must be 'avg', 'max' or 'none', got {self.pooling!r}")
+        if self.allocation not in ("authors", "candidates"):
+            raise BudgetError(
+                f"{self.name}: allocation must be 'authors' or 'candidates', got {self.allocation!r}"
+            )
+        if self.normalize not in ("none", "sum"):
+            raise BudgetError(f"{self.name}: normalize must be 'none' or 'sum', got {self.normalize!r}")
+        if not 0.0 <= self.min_ratio <= 1.0:
+            raise BudgetError(f"{self.name}: min_ratio must be in [0, 1], got {self.min_ratio}")
 
     def begin(self, info: PrefillInfo) -> None:
         super().begin(info)
         self._base = info.budget - self.window
         self._uniform = info.n_eff <= info.budget
         self._bs = int(min(self.r_max * self._base, info.n_eff - self.window))
-        # per layer: scores of the non-window tokens the layer holds, aligned with its cache order
+        self._floor = min(int(self.min_ratio * self._base), self._bs)
+        # per layer, aligned with the layer's cache order: the candidates' selection scores, and the
+        # scores the allocation counts (all pooled scores for "authors", the candidates' otherwise)
         self._cand: list[torch.Tensor] = []
+        self._counted: list[torch.Tensor] = []
         self._kept: list[int] = []
 
     def score(self, obs: Observation) -> torch.Tensor:
@@ -76,10 +119,15 @@ class DynamicKV(Method):
         if self._uniform:  # the prompt fits the budget: keep it (minus padding), as every method does
             return [(layer, select_top(self.score, obs, info.budget, self.window, info))]
         scores = self.score(obs)
+        counted = normalized_scores(scores, self.sink) if self.normalize == "sum" else scores
+        if self.sink and self.normalize != "sum":
+            counted = counted.clone()
+            counted[..., : self.sink] = float("-inf")
         values, indices = stable_topk(scores, self._bs)
         order = indices.argsort(dim=-1)  # store candidates in prompt order
         pos = indices.gather(-1, order)
         self._cand.append(values.gather(-1, order))
+        self._counted.append(counted if self.allocation == "authors" else counted.gather(-1, pos))
         self._kept.append(self._bs)
         win = torch.arange(info.n - self.window, info.n, device=pos.device).expand(
             *pos.shape[:2], self.window
@@ -90,31 +138,48 @@ class DynamicKV(Method):
             ops += self._reallocate(layer, info)
         return ops
 
+    def _layer_counts(self, n_layers: int) -> torch.Tensor:
+        """``[n_layers]``: how many of the global top ``base * n_layers * H_kv`` scores fall in each
+        layer, summed over the batch rows (the allocation is shared by the batch)."""
+        b, h = self._counted[0].shape[:2]
+        width = max(c.shape[-1] for c in self._counted)
+        device = self._counted[0].device
+        padded = torch.full((n_layers, b, h, width), float("-inf"), device=device)
+        for j, c in enumerate(self._counted):
+            padded[j, ..., : c.shape[-1]] = c.to(device)  # layers may sit on other devices
+        flat = padded.permute(1, 0, 2, 3).reshape(b, -1)  # per batch row: layer x head x position
+        k = min(self._base * n_layers * h, flat.shape[-1])
+        counts = torch.zeros(n_layers, dtype=torch.long)
+        for row in range(b):
+            vals, idx = stable_topk(flat[row], k)
+            idx = idx[torch.isfinite(vals)]
+            counts += torch.bincount(idx // (h * width), minlength=n_layers).cpu()
+        return counts
+
     def _reallocate(self, layer: int, info: PrefillInfo) -> list[KeepOp]:
         """Re-distribute the global budget over layers ``0..layer`` and shrink them."""
         n_layers = layer + 1
         b, h = self._cand[0].shape[:2]
-        padded = torch.full((n_layers, b, h, self._bs), float("-inf"), device=self._cand[0].device)
-        for j, cand in enumerate(self._cand):
-            padded[j, ..., : cand.shape[-1]] = cand.to(padded.device)  # layers may sit on other devices
-        flat = padded.permute(1, 0, 2, 3).reshape(b, -1)  # per batch row: layer x head x position
-        k = min(self._base * n_layers * h, flat.shape[-1])
-        counts = torch.zeros(n_layers, dtype=torch.double)
-        for row in range(b):
-            vals, idx = stable_topk(flat[row], k)
-            idx = idx[torch.isfinite(vals)]
-            counts += torch.bincount(idx // (h * self._bs), minlength=n_layers).double().cpu()
-        shares = counts / (h * b)
-        caps = torch.tensor(self._kept, dtype=torch.long)
-        alloc = capped_allocation(shares, self._base * info.num_layers, caps)
+        counts = self._layer_counts(n_layers)
+        total = self._base * info.num_layers - self._floor * n_layers  # what is shared by attention
+        caps = torch.tensor(self._kept, dtype=torch.long) - self._floor
+        if self.allocation == "authors":
+            per_row = torch.div(counts, b, rounding_mode="floor")
+            target = self._base * h if layer == info.num_layers - 1 else None
+            alloc = authors_allocation(per_row, n_layers, self._bs - self._floor, total, target)
+            alloc = torch.minimum(alloc, caps)  # fix: a layer never grows back (no duplicated window)
+        else:
+            alloc = candidate_allocation(counts.double() / (h * b), total, caps)
+        alloc = alloc + self._floor
         ops: list[KeepOp] = []
         for j in range(n_layers):
             new = int(alloc[j])
             if new >= self._kept[j]:
                 continue
-            cand = self._cand[j]
-            keep = stable_topk(cand, new)[1].sort(dim=-1).values
-            self._cand[j] = cand.gather(-1, keep)
+            keep = stable_topk(self._cand[j], new)[1].sort(dim=-1).values
+            self._cand[j] = self._cand[j].gather(-1, keep)
+            if self.allocation == "candidates":
+                self._counted[j] = self._counted[j].gather(-1, keep)
             old = self._kept[j]
             self._kept[j] = new
             win = torch.arange(old, old + self.window, device=keep.device).expand(b, h, self.window)
