@@ -304,6 +304,7 @@ class Compressor:
         self.method = get_method(method, **params)
         self.budget = parse_budget(budget)
         self.layers = compressible_layers(model)
+        self.model_type = str(getattr(model.config.get_text_config(), "model_type", "") or "")
         if not self.layers:
             raise UnsupportedModelError("the model has no full-attention layer to compress")
         if self.budget.tokens is not None:
@@ -361,7 +362,14 @@ class Compressor:
         valid, n_eff = valid_mask(kwargs.get("attention_mask"), n)
         budget = self.budget.tokens_for(n_eff)
         self.method.validate(budget, len(self.layers))
-        info = PrefillInfo(n=n, n_eff=n_eff, num_layers=len(self.layers), budget=budget, valid=valid)
+        info = PrefillInfo(
+            n=n,
+            n_eff=n_eff,
+            num_layers=len(self.layers),
+            budget=budget,
+            valid=valid,
+            model_type=self.model_type,
+        )
         self._session = _Session(self, cache, info)
         for m in self._modules:
             m.__dict__["_dynamickv_session"] = self._session

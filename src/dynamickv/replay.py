@@ -11,6 +11,7 @@ costs one prefill per sample.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -81,7 +82,14 @@ def record_prefill(
     from .compressor import valid_mask
 
     valid, n_eff = valid_mask(attention_mask, input_ids.shape[-1])
-    info = PrefillInfo(n=input_ids.shape[-1], n_eff=n_eff, num_layers=len(comp.layers), budget=0, valid=valid)
+    info = PrefillInfo(
+        n=input_ids.shape[-1],
+        n_eff=n_eff,
+        num_layers=len(comp.layers),
+        budget=0,
+        valid=valid,
+        model_type=comp.model_type,
+    )
     return PrefillRecord(
         output_cache(out), dict(recorder.seen), comp.layers, info, out.logits[:, -1], seconds, model
     )
@@ -99,7 +107,7 @@ def derive_cache(
         SimpleNamespace(keys=layer.keys, values=layer.values) if i in record.layers else copy.copy(layer)
         for i, layer in enumerate(record.cache.layers)
     ]
-    info = PrefillInfo(record.info.n, record.info.n_eff, record.info.num_layers, b, record.info.valid)
+    info = dataclasses.replace(record.info, budget=b)
     owner = Compressor.__new__(Compressor)
     owner.method, owner.layers, owner.sync_timing = method, record.layers, False
     session = _Session(owner, cache, info)

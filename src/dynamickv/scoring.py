@@ -17,16 +17,22 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-Pooling = Literal["avg", "max", "none"]
+Pooling = Literal["avg", "max", "forward", "none"]
+POOLINGS = ("avg", "max", "forward", "none")
 
 NEG_INF = float("-inf")
 
 
 def pool_scores(scores: torch.Tensor, kernel: int, mode: Pooling) -> torch.Tensor:
-    """1-D pooling along positions (stride 1, same padding), as SnapKV-style methods do.
+    """1-D pooling along positions (stride 1), as SnapKV-style methods do.
 
     Pooling spreads a token's importance to its neighbours so that kept tokens come with their
-    local context rather than as isolated words.
+    local context rather than as isolated words. ``avg`` and ``max`` are centred (same padding);
+    ``forward`` is a max over the token and the ``kernel - 1`` tokens *before* it, so a high-scoring
+    token lends its score to the ``kernel - 1`` tokens that *follow* it. Why: a model copying a span
+    from the context (a 7-digit number, one token per digit) attends at each step to the token after
+    the one it just copied; the question's attention, which ranks tokens at prefill, falls on the
+    span's start, so centred pooling keeps the start and loses the rest.
     """
     if mode == "none" or kernel <= 1 or scores.shape[-1] == 0:
         return scores
@@ -36,6 +42,9 @@ def pool_scores(scores: torch.Tensor, kernel: int, mode: Pooling) -> torch.Tenso
         out = F.avg_pool1d(flat, kernel_size=kernel, padding=kernel // 2, stride=1)
     elif mode == "max":
         out = F.max_pool1d(flat, kernel_size=kernel, padding=kernel // 2, stride=1)
+    elif mode == "forward":
+        padded = F.pad(flat, (kernel - 1, 0), value=NEG_INF)
+        return F.max_pool1d(padded, kernel_size=kernel, stride=1).reshape(shape)
     else:  # pragma: no cover - guarded by the dataclass validation
         raise ValueError(f"unknown pooling {mode!r}")
     return out[..., : shape[-1]].reshape(shape)

@@ -41,6 +41,20 @@ def analyze_command(
     depths: Annotated[str, typer.Option(help="niah needle depths (%)")] = "10,50,90",
     seed: Annotated[int, typer.Option(help="RULER generation seed")] = 42,
     plots: Annotated[bool, typer.Option(help="draw the PNG plots")] = True,
+    study: Annotated[
+        str,
+        typer.Option(
+            help="retention: DynamicKV's kept tokens per layer and task; attention: where the observation "
+            "window's attention goes per layer (sink, window, rest, entropy, the needle) and what --methods "
+            "give each layer"
+        ),
+    ] = "retention",
+    methods: Annotated[
+        str, typer.Option(help="attention study: method specs whose per-layer budgets are compared")
+    ] = "snapkv,pyramidkv,dynamickv",
+    protocol: Annotated[
+        str, typer.Option(help="what is compressed: raw (the papers'), chat or agnostic")
+    ] = "raw",
 ) -> None:
     """Record DynamicKV's per-layer / per-head kept-token counts and kept positions for every sample,
     score how task-dependent the allocation is, and plot it (see dynamickv.analysis)."""
@@ -48,6 +62,15 @@ def analyze_command(
     from dynamickv.eval import cli as ecli
 
     benchmark = benchmark.lower()
+    if study not in ("retention", "attention"):
+        raise InputError(f"unknown study {study!r}; choose retention or attention")
+    from dynamickv.eval.prompts import check_protocol
+    from dynamickv.methods import parse_method_spec
+
+    protocol = check_protocol(protocol)
+    method_list = ecli._csv(methods)
+    for spec in method_list:
+        parse_method_spec(spec)  # unknown methods or parameters: an error before the model loads
     if benchmark not in BENCHMARKS:
         raise InputError(f"unknown benchmark {benchmark!r}; valid: {', '.join(BENCHMARKS)}")
     try:
@@ -116,6 +139,31 @@ def analyze_command(
         )
     if not built:
         raise InputError("no samples to analyze")
+    if study == "attention":
+        from . import attention
+
+        if parsed.tokens is None:
+            raise InputError("the attention study needs a token budget (e.g. 128), not a ratio")
+        rows = attention.run_study(
+            mdl,
+            tok,
+            built,
+            parsed.tokens,
+            method_list,
+            out,
+            protocol,
+            progress=lambda m: typer.echo(m, err=True),
+        )
+        result = {"model": model, "benchmark": benchmark, "budget": parsed.tokens, "protocol": protocol}
+        result["summary"] = attention.summary(rows)
+        if plots:
+            result["plots"] = [
+                p.name for p in attention.plot(rows, out, title=f"{model}, {benchmark}, B={budget}")
+            ]
+        result["seconds"] = round(time.perf_counter() - t0, 1)
+        (out / "attention_summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        typer.echo(f"wrote {out} ({len(rows)} samples, {result['seconds']} s)")
+        return
     records = retention.record_samples(
         mdl, tok, built, budget, out, progress=lambda m: typer.echo(m, err=True)
     )

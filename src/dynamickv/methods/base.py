@@ -39,6 +39,8 @@ class PrefillInfo:
     num_layers: int
     budget: int
     valid: torch.Tensor | None = None
+    #: ``config.model_type`` of the model (``""`` when unknown): for family-dependent defaults
+    model_type: str = ""
 
     @property
     def padded(self) -> bool:

@@ -8,12 +8,22 @@ from typing import Literal
 import torch
 
 from ..errors import BudgetError
-from ..scoring import Observation, Pooling, stable_topk
+from ..scoring import POOLINGS, Observation, Pooling, stable_topk
 from .allocation import authors_allocation, candidate_allocation, normalized_scores
 from .base import KeepOp, Method, PrefillInfo, select_top
 
 Allocation = Literal["authors", "candidates"]
 Normalize = Literal["none", "sum"]
+
+
+#: The authors' per-family pooling (their run scripts): max pooling for Mistral and Qwen2, average
+#: pooling for Llama-3 and InternLM; families they did not run get their default, average.
+FAMILY_POOLING = {"mistral": "max", "qwen2": "max"}
+
+
+def family_pooling(model_type: str) -> str:
+    """``pooling="auto"``: the pooling the DynamicKV authors used for this model family."""
+    return FAMILY_POOLING.get(model_type, "avg")
 
 
 @dataclass
@@ -59,7 +69,9 @@ class DynamicKV(Method):
     Attributes:
         window: observation window ``w`` (always kept), 8.
         kernel: pooling kernel ``k``, 7.
-        pooling: ``"avg"`` (the authors' Llama scripts; their Mistral/Qwen2 scripts use ``"max"``).
+        pooling: ``"avg"`` (the authors' Llama scripts; their Mistral/Qwen2 scripts use ``"max"``;
+            ``"auto"`` picks theirs per family, see :data:`FAMILY_POOLING`; ``"forward"``: see
+            :func:`dynamickv.scoring.pool_scores`).
         r_max: a layer holds at most ``r_max * (B - w)`` non-window tokens, 10.
         update_every: re-allocation interval ``m`` in layers, 4.
         allocation: ``"authors"`` or ``"candidates"`` (see above).
@@ -88,8 +100,10 @@ class DynamicKV(Method):
             raise BudgetError(f"{self.name}: update_every (m) must be >= 1, got {self.update_every}")
         if not self.r_max >= 1:
             raise BudgetError(f"{self.name}: r_max must be >= 1, got {self.r_max}")
-        if self.pooling not in ("avg", "max", "none"):
-            raise BudgetError(f"{self.name}: pooling must be 'avg', 'max' or 'none', got {self.pooling!r}")
+        if self.pooling not in (*POOLINGS, "auto"):
+            raise BudgetError(
+                f"{self.name}: pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}"
+            )
         if self.allocation not in ("authors", "candidates"):
             raise BudgetError(
                 f"{self.name}: allocation must be 'authors' or 'candidates', got {self.allocation!r}"
@@ -101,6 +115,7 @@ class DynamicKV(Method):
 
     def begin(self, info: PrefillInfo) -> None:
         super().begin(info)
+        self._pooling = family_pooling(info.model_type) if self.pooling == "auto" else self.pooling
         self._base = info.budget - self.window
         self._uniform = info.n_eff <= info.budget
         self._bs = int(min(self.r_max * self._base, info.n_eff - self.window))
@@ -112,7 +127,7 @@ class DynamicKV(Method):
         self._kept: list[int] = []
 
     def score(self, obs: Observation) -> torch.Tensor:
-        return obs.scores(self.window, kernel=self.kernel, pooling=self.pooling)
+        return obs.scores(self.window, kernel=self.kernel, pooling=self._pooling)
 
     def compress(self, layer: int, obs: Observation) -> list[KeepOp]:
         info = self._require_info()

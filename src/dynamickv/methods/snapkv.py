@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import BudgetError
-from ..scoring import Observation, Pooling
+from ..scoring import POOLINGS, Observation, Pooling
 from .base import Method
 
 
@@ -34,8 +34,10 @@ class SnapKV(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.pooling not in ("avg", "max", "none"):
-            raise BudgetError(f"{self.name}: pooling must be 'avg', 'max' or 'none', got {self.pooling!r}")
+        if self.pooling not in POOLINGS:
+            raise BudgetError(
+                f"{self.name}: pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}"
+            )
         if self.kernel < 1:
             raise BudgetError(f"{self.name}: kernel must be >= 1, got {self.kernel}")
 

@@ -1,0 +1,161 @@
+"""kvpress as a quality peer of a ``dynamickv eval`` run: same samples, same protocol, same scorer.
+
+    # 1. our side: the run's prompts, split exactly as the run split them (token ids)
+    python benchmarks/quality_peer.py prepare --run runs/ruler4k --out runs/ruler4k/peer_prompts.jsonl
+    # 2. kvpress's side, in its own process (see benchmarks/kvpress_quality_peer.py)
+    PYTHONPATH=$KVSITE python benchmarks/kvpress_quality_peer.py --model-dir $MODEL_DIR \
+        --prompts runs/ruler4k/peer_prompts.jsonl --budgets 64,128,256 --out runs/ruler4k/peer.jsonl
+    # 3. our side: score kvpress's answers with the run's scorer; one table with both libraries
+    python benchmarks/quality_peer.py score --run runs/ruler4k --peer runs/ruler4k/peer.jsonl
+
+``prepare`` rebuilds the run's samples from its ``config.json`` (benchmark, model, tasks, lengths,
+samples, seed, protocol) and checks their fingerprint against the run's, so both libraries answer
+the very same token ids. ``score`` writes ``peer_metrics.json`` and ``comparison.md`` into the run
+folder: average over tasks per method and budget, dynamickv's rows and kvpress's, with sample counts,
+the protocol, and how often kvpress's uncompressed answers equal dynamickv's FullKV answers (the two
+libraries run different transformers versions; this bounds what a difference between them can mean).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def _samples_of_run(run: Path):
+    from dynamickv.eval import cli as ecli
+    from dynamickv.eval.prompts import samples_digest
+    from dynamickv.models import load_model
+
+    config = json.loads((run / "config.json").read_text())
+    _, tok = load_model(config["model"], device="cpu")
+    records = None
+    if config["benchmark"] in ("longbench", "longbench-e"):
+        from dynamickv.eval import longbench
+
+        e = config["benchmark"] == "longbench-e"
+        records = {t: longbench.load_task(t, Path(config["data_dir"]), e=e) for t in config["tasks"]}
+    samples = ecli.build_samples(
+        config["benchmark"],
+        tok,
+        None,
+        tasks=config["tasks"],
+        lengths=config.get("lengths") or [],
+        depths=config.get("depths") or [],
+        samples=config.get("samples"),
+        seed=config.get("seed") or 42,
+        records=records,
+        max_input_tokens=config.get("max_input_tokens"),
+        model_name=config["model"],
+    )
+    if samples_digest(samples) != config.get("samples_digest"):
+        raise SystemExit(f"error: the samples rebuilt from {run}/config.json differ from the run's")
+    return config, tok, samples
+
+
+def prepare(run: Path, out: Path) -> None:
+    from dynamickv.eval.prompts import sample_uid, split_prompt
+
+    config, tok, samples = _samples_of_run(run)
+    cap = config.get("max_new_tokens")
+    with open(out, "w", encoding="utf-8") as fh:
+        for s in samples:
+            head, tail = split_prompt(s, tok, config.get("protocol") or "chat")
+            new = s.max_new_tokens if cap is None else min(cap, s.max_new_tokens)
+            row = {"uid": sample_uid(s), "task": s.task, "head": head[0].tolist(), "tail": tail[0].tolist()}
+            fh.write(json.dumps({**row, "max_new_tokens": new}) + "\n")
+    print(f"{len(samples)} prompts ({config.get('protocol')} protocol) -> {out}")
+
+
+def score(run: Path, peer_files: list[Path]) -> dict[str, Any]:
+    from dynamickv.eval.prompts import sample_uid
+    from dynamickv.eval.runner import get_scorer, load_predictions
+
+    config, _, samples = _samples_of_run(run)
+    scorer = get_scorer(config["benchmark"])
+    by_uid = {sample_uid(s): s for s in samples}
+    peer = [json.loads(line) for f in peer_files for line in f.read_text().splitlines() if line.strip()]
+    ours = load_predictions(run / "predictions.jsonl", repair=False)
+    full = {r["uid"]: r["prediction"] for r in ours if r["method"] == "fullkv"}
+    agree = [full[r["uid"]] == r["prediction"] for r in peer if r["method"] == "kvpress-none" and r["uid"] in full]
+    tables: dict[str, dict[str, Any]] = {}
+    for source, records in (("dynamickv", ours), ("kvpress", peer)):
+        grouped: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        for r in records:
+            if r["uid"] not in by_uid:
+                continue
+            key = (r["method"], "full" if r["budget"] is None else str(r["budget"]))
+            grouped[key][r["task"]].append((by_uid[r["uid"]], r["prediction"]))
+        for (method, budget), per_task in grouped.items():
+            task_scores = {t: float(scorer.task(t, [p[0] for p in v], [p[1] for p in v])[0]) for t, v in per_task.items()}
+            entry = tables.setdefault(method, {"source": source, "budgets": {}})
+            entry["budgets"][budget] = {
+                "average": sum(task_scores.values()) / len(task_scores),
+                "tasks": task_scores,
+                "n": sum(len(v) for v in per_task.values()),
+            }
+    pyramids = defaultdict(set)
+    for r in peer:
+        if "pyramid" in r:
+            pyramids[(r["method"], str(r["budget"]))].add(r["pyramid"])
+    result = {
+        "benchmark": config["benchmark"],
+        "model": config["model"],
+        "protocol": config.get("protocol"),
+        "samples": len(samples),
+        "fullkv_agreement": {"equal": sum(agree), "of": len(agree)},
+        "pyramid_built": {f"{m}@{b}": sorted(v) for (m, b), v in pyramids.items()},
+        "methods": tables,
+    }
+    (run / "peer_metrics.json").write_text(json.dumps(result, indent=1))
+    (run / "comparison.md").write_text(comparison_md(result))
+    print(comparison_md(result))
+    return result
+
+
+def comparison_md(result: dict[str, Any]) -> str:
+    budgets = sorted({b for m in result["methods"].values() for b in m["budgets"] if b != "full"}, key=int)
+    lines = [
+        f"# {result['benchmark']} - {result['model']}: dynamickv and kvpress 0.5.5, same prompts",
+        "",
+        f"Protocol: {result['protocol']}. Samples: {result['samples']}. Average over tasks of the "
+        "benchmark's score; `n` = predictions per cell.",
+        f"kvpress's uncompressed answers equal dynamickv's FullKV answers on "
+        f"{result['fullkv_agreement']['equal']}/{result['fullkv_agreement']['of']} samples.",
+        "",
+        "| method | source | " + " | ".join(f"B={b}" for b in budgets) + " | full |",
+        "|---|---|" + "---:|" * (len(budgets) + 1),
+    ]
+    for name, entry in sorted(result["methods"].items(), key=lambda kv: (kv[1]["source"], kv[0])):
+        cells = []
+        for b in [*budgets, "full"]:
+            cell = entry["budgets"].get(b)
+            cells.append("" if cell is None else f"{cell['average']:.1f}")
+        lines.append(f"| {name} | {entry['source']} | " + " | ".join(cells) + " |")
+    if result["pyramid_built"]:
+        lines += ["", "kvpress PyramidKV built a pyramid (else: uniform SnapKV budgets): "
+                  + ", ".join(f"{k}: {v}" for k, v in sorted(result["pyramid_built"].items()))]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("score")
+    s.add_argument("--run", type=Path, required=True)
+    s.add_argument("--peer", type=Path, nargs="+", required=True)
+    args = ap.parse_args()
+    if args.cmd == "prepare":
+        prepare(args.run, args.out)
+    else:
+        score(args.run, args.peer)
+
+
+if __name__ == "__main__":
+    main()
