@@ -108,6 +108,32 @@ def test_needle_span_and_resume(records, model, tok):
     assert [json.loads(line)["uid"] for line in lines] == [r["uid"] for r in recs]
 
 
+def test_head_adaptive_records_are_the_cache_counts(model, tok, tmp_path):
+    """``method="adakv"``: per-head counts differ, sum to the layer budget and are the cache's own;
+    the per-head heatmap is drawn; records of another method in the same folder are not reused."""
+    sample = make_samples()[0]
+    rec = retention.record_sample(model, tok, sample, BUDGET, "adakv", window=8)
+    head, _ = split_prompt(sample, tok)
+    cache, _ = derive_cache(record_prefill(model, head), "adakv", BUDGET, window=8)
+    layers = compressed_layers(cache)
+    assert rec["method"] == "adakv"
+    for j, i in enumerate(rec["layers"]):
+        assert rec["kept_per_head"][j] == layers[i].kept_counts()[0].tolist()
+        assert sum(rec["kept_per_head"][j]) == BUDGET * 2  # two KV heads share the layer budget
+        assert len(rec["positions"][j]) == rec["kept_per_head"][j][0]
+    assert any(len(set(h)) > 1 for h in rec["kept_per_head"])  # heads really differ
+    assert sum(rec["heads_differ"]) > 0
+    grid = plots.head_profiles([rec])
+    assert grid.shape == (len(rec["layers"]), 2) and np.allclose(grid.mean(axis=1), 1.0)
+    path = plots.head_retention([rec], tmp_path / "h.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = tmp_path / "mixed"
+    retention.record_samples(model, tok, make_samples()[:1], BUDGET, out)
+    again = retention.record_samples(model, tok, make_samples()[:1], BUDGET, out, method="adakv", window=8)
+    assert [r["method"] for r in again] == ["adakv"]
+    assert len(retention.load_records(out)) == 2
+
+
 def _fake(profile_by_cat: dict[str, list[float]], n: int, noise: float, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     out = []
@@ -162,6 +188,7 @@ def test_plots_non_empty(records, tmp_path):
         "task_profiles.png",
         "positions_map.png",
         "budget_shapes.png",
+        "head_retention.png",
     ]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -21,7 +21,7 @@ def test_methods_lists_every_method():
     out = run("methods")
     assert out.returncode == 0
     names = [line.split()[0] for line in out.stdout.splitlines()]
-    assert names == ["fullkv", "streamingllm", "h2o", "snapkv", "pyramidkv", "dynamickv", "windowkv"]
+    assert names == ["fullkv", "streamingllm", "h2o", "snapkv", "pyramidkv", "dynamickv", "windowkv", "adakv"]
 
 
 @pytest.mark.parametrize(

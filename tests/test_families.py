@@ -104,16 +104,16 @@ def test_padded_batch_rows_select_their_own_tokens(family, name):
                 model.generate(row, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
             )
     layers = compressed_layers(cache)
-    assert any(not torch.equal(x.positions[0], x.positions[1]) for x in layers.values())  # own choices
+    assert any(x.kept_positions(0) != x.kept_positions(1) for x in layers.values())  # own choices
     for i, layer in layers.items():
-        assert (layer.positions[1] >= 40).all()  # padding is never kept
-        if name in ("dynamickv", "windowkv"):
-            continue  # shared per-layer counts come from the whole batch: rows differ from solo runs
-        solo_long = singles[0].past_key_values.layers[i].positions[0]
-        solo_short = singles[1].past_key_values.layers[i].positions[0] + 40
-        assert torch.equal(layer.positions[0], solo_long)
-        assert torch.equal(layer.positions[1], solo_short)
-    if name not in ("dynamickv", "windowkv"):
+        assert all(p >= 40 for head in layer.kept_positions(1) for p in head)  # padding is never kept
+        if name == "dynamickv":
+            continue  # its allocation is shared by the whole batch: rows differ from solo runs
+        solo_long = singles[0].past_key_values.layers[i].kept_positions(0)
+        solo_short = [[p + 40 for p in h] for h in singles[1].past_key_values.layers[i].kept_positions(0)]
+        assert layer.kept_positions(0) == solo_long
+        assert layer.kept_positions(1) == solo_short
+    if name != "dynamickv":
         assert torch.equal(out.sequences[0, -4:], singles[0].sequences[0, -4:])
         assert torch.equal(out.sequences[1, -4:], singles[1].sequences[0, -4:])
 

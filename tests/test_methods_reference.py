@@ -9,6 +9,7 @@ import torch
 
 from dynamickv.methods import METHODS, PrefillInfo, get_method
 from dynamickv.scoring import Observation
+from dynamickv.selection import Selection
 from reference import attention_rows, pool, token_scores, top_positions
 
 B, HQ, HKV, D = 2, 4, 2, 8
@@ -25,7 +26,8 @@ def make_obs(n, layers, queries=32, seed=0, valid=None):
 
 
 def run_method(method, observations, budget, valid=None, n_eff=None):
-    """Apply a method's keep operations to per-layer position lists, as the cache does."""
+    """Apply a method's keep operations to per-layer positions, as the cache does: a ``[b, h, k]``
+    tensor per layer, or, when (row, head) counts differ, nested lists ``[b][h] -> positions``."""
     n = observations[0].n
     info = PrefillInfo(n=n, n_eff=n_eff or n, num_layers=len(observations), budget=budget, valid=valid)
     method.begin(info)
@@ -33,8 +35,33 @@ def run_method(method, observations, budget, valid=None, n_eff=None):
     for layer, obs in enumerate(observations):
         for j, idx in method.compress(layer, obs.last(method.observation_queries)):
             cur = pos.get(j, torch.arange(n).expand(obs.batch, obs.num_kv_heads, n))
-            pos[j] = cur if idx is None else torch.gather(cur, 2, idx)
+            if isinstance(idx, Selection):
+                cur = per_head_lists(cur)
+                cur = [
+                    [
+                        [cur[b][h][i] for i in idx.index[b, h, : idx.counts[b, h]].tolist()]
+                        for h in range(obs.num_kv_heads)
+                    ]
+                    for b in range(obs.batch)
+                ]
+            elif idx is not None:
+                cur = (
+                    torch.gather(cur, 2, idx)
+                    if torch.is_tensor(cur)
+                    else [
+                        [[cur[b][h][i] for i in idx[b, h].tolist()] for h in range(obs.num_kv_heads)]
+                        for b in range(obs.batch)
+                    ]
+                )
+            pos[j] = cur
     return [pos[j] for j in range(len(observations))], method
+
+
+def per_head_lists(kept):
+    """``[b][h] -> positions`` from either form :func:`run_method` returns."""
+    if torch.is_tensor(kept):
+        return [[kept[b, h].tolist() for h in range(kept.shape[1])] for b in range(kept.shape[0])]
+    return kept
 
 
 def reference_scores(obs, window, kernel=1, mode="none"):
@@ -172,11 +199,11 @@ def test_every_method_keeps_window_sorted_unique(name):
     for k in kept:
         for b in range(B):
             for h in range(HKV):
-                row = k[b, h].tolist()
+                row = per_head_lists(k)[b][h]
                 assert row == sorted(set(row)), "kept positions are sorted and unique"
                 if w:
                     assert row[-w:] == list(range(300 - w, 300))
-    total = sum(k.shape[-1] for k in kept)
+    total = sum(sum(len(p) for p in per_head_lists(k)[0]) / HKV for k in kept)
     if name == "fullkv":
         assert total == 300 * 4
     elif name == "windowkv":
@@ -189,7 +216,7 @@ def test_every_method_keeps_window_sorted_unique(name):
 def test_short_prompt_kept_whole(name):
     obs = make_obs(40, 3, queries=40)
     kept, _ = run_method(get_method(name), obs, 64)
-    assert all(k.shape[-1] == 40 for k in kept)
+    assert all(len(p) == 40 for k in kept for row in per_head_lists(k) for p in row)
 
 
 @pytest.mark.parametrize("name", [n for n in METHODS if n != "fullkv"])
@@ -200,5 +227,6 @@ def test_padding_never_selected(name):
     obs = make_obs(n, 4, queries=64, valid=valid)
     kept, _ = run_method(get_method(name), obs, 64, valid=valid, n_eff=n - pad)
     for k in kept:
-        assert (k[1] >= pad).all()
-    assert sum(k.shape[-1] for k in kept) <= 64 * 4
+        assert all(p >= pad for head in per_head_lists(k)[1] for p in head)
+    for b in range(B):  # every row within its budget
+        assert sum(sum(len(p) for p in per_head_lists(k)[b]) for k in kept) <= 64 * 4 * HKV

@@ -28,7 +28,7 @@ class _LayerGroup:
     layers: list[CompressedLayer] = field(default_factory=list)
 
     def max_len(self) -> int:
-        return max((layer.keys.shape[-2] for layer in self.layers), default=0)
+        return max((layer.attention_len() for layer in self.layers), default=0)
 
 
 class CompressedLayer(DynamicLayer):
@@ -87,6 +87,29 @@ class CompressedLayer(DynamicLayer):
         b, h = self.keys.shape[:2]
         return torch.full((b, h), self.prompt_kept, dtype=torch.long)
 
+    def kept_positions(self, row: int = 0) -> list[list[int]]:
+        """Per KV head, the original prompt positions row ``row`` kept (ascending)."""
+        return [[int(p) for p in head.tolist()] for head in self.positions[row, :, : self.prompt_kept]]
+
+    def held_tensors(self) -> list[torch.Tensor]:
+        """Every key/value tensor the layer holds (what :func:`cache_bytes` counts)."""
+        return [self.keys, self.values]
+
+    def attention_len(self) -> int:
+        """Key slots attention sees: kept prompt tokens (padded width) plus generated tokens."""
+        return self.keys.shape[-2]
+
+    def generated(self) -> int:
+        """Tokens appended since the prefill."""
+        return self.keys.shape[-2] - self.prompt_kept
+
+    def head_dim(self) -> int:
+        return self.keys.shape[-1]
+
+    def batch_heads(self) -> tuple[int, int]:
+        b, h = self.keys.shape[:2]
+        return int(b), int(h)
+
     # -- transformers cache-layer protocol ---------------------------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         self.seen += key_states.shape[-2]
@@ -142,14 +165,37 @@ def compressed_layers(cache: Cache) -> dict[int, CompressedLayer]:
     return {i: layer for i, layer in enumerate(cache.layers) if isinstance(layer, CompressedLayer)}
 
 
+def mean_kept(counts: torch.Tensor) -> int:
+    """Kept tokens per (row, KV head) of ``counts``, on average, rounded (0 when empty)."""
+    return round(float(counts.double().mean())) if counts.numel() else 0
+
+
 def kept_tokens_per_layer(cache: Cache) -> list[int]:
-    """Prompt tokens kept per layer per KV head (every layer, compressed or not, in model order)."""
+    """Prompt tokens kept per layer per KV head (every layer, compressed or not, in model order).
+
+    A layer whose rows or heads keep different counts reports their mean, rounded (for one prompt
+    with head-adaptive budgets the mean is exact: the heads' counts sum to the layer budget)."""
     out = []
     for layer in cache.layers:
         if isinstance(layer, CompressedLayer):
-            out.append(layer.prompt_kept)
+            out.append(mean_kept(layer.kept_counts()))
         else:
             out.append(0 if layer.keys is None else int(layer.keys.shape[-2]))
+    return out
+
+
+def kept_tokens_per_layer_head(cache: Cache) -> list[list[int]]:
+    """``[layer][kv_head]`` prompt tokens each KV head holds, summed over batch rows (for one prompt:
+    what each head keeps), every layer in model order."""
+    out = []
+    for layer in cache.layers:
+        if isinstance(layer, CompressedLayer):
+            out.append([int(c) for c in layer.kept_counts().sum(dim=0).tolist()])
+        elif getattr(layer, "keys", None) is not None:
+            b, h, n, _ = layer.keys.shape
+            out.append([int(b * n)] * int(h))
+        else:
+            out.append([])
     return out
 
 
@@ -157,7 +203,11 @@ def cache_bytes(cache: Cache) -> int:
     """Bytes of every key and value tensor the cache holds."""
     total = 0
     for layer in cache.layers:
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+        if isinstance(layer, CompressedLayer):
+            tensors = layer.held_tensors()
+        else:
+            tensors = [getattr(layer, "keys", None), getattr(layer, "values", None)]
+        for t in tensors:
             if isinstance(t, torch.Tensor):
                 total += t.numel() * t.element_size()
     return total
@@ -168,13 +218,28 @@ def full_cache_bytes(cache: Cache) -> int:
     total = 0
     for layer in cache.layers:
         if isinstance(layer, CompressedLayer):
-            b, h, _, d = layer.keys.shape
-            total += 2 * b * h * d * layer.seen * layer.keys.element_size()
+            b, h = layer.batch_heads()
+            total += 2 * b * h * layer.head_dim() * layer.seen * layer.keys.element_size()
         else:
             for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
                 if isinstance(t, torch.Tensor):
                     total += t.numel() * t.element_size()
     return total
+
+
+def padding_tokens(cache: Cache) -> tuple[int, int]:
+    """``(held, rectangular)``: token slots the compressed layers hold beyond the tokens they keep
+    (measured from the tensors' sizes: 0 when nothing is padded), and the slots a rectangular
+    ``[batch, kv_heads, widest, head_dim]`` layout would pad; both summed over layers, rows, heads."""
+    held = rect = 0
+    for layer in compressed_layers(cache).values():
+        counts = layer.kept_counts()
+        b, h = layer.batch_heads()
+        kept = int(counts.sum()) + b * h * layer.generated()
+        slot = 2 * layer.head_dim() * layer.keys.element_size()  # key + value bytes of one token slot
+        held += sum(t.numel() * t.element_size() for t in layer.held_tensors()) // slot - kept
+        rect += b * h * layer.attention_len() - kept
+    return held, rect
 
 
 def fork_cache(cache: Cache) -> Cache:

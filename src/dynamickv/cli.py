@@ -38,10 +38,17 @@ def _dtype(name: str):
 
 
 @app.command()
-def methods() -> None:
+def methods(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="one JSON list: parameters, paper, head_adaptive")
+    ] = False,
+) -> None:
     """List the compression methods."""
-    from .methods import METHODS
+    from .methods import METHODS, describe_methods
 
+    if as_json:
+        typer.echo(json.dumps(describe_methods()))
+        return
     width = max(len(n) for n in METHODS)
     for name, cls in METHODS.items():
         typer.echo(f"{name:<{width}}  {cls.summary}")

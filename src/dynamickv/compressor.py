@@ -30,10 +30,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
 
 from .budget import Budget, parse_budget
-from .cache import CompressedLayer, _LayerGroup, cache_kwarg
+from .cache import CompressedLayer, _LayerGroup, cache_kwarg, mean_kept, padding_tokens
 from .errors import InputError, UnsupportedModelError
 from .methods import Method, PrefillInfo, get_method
+from .ragged import RaggedLayer
 from .scoring import Observation
+from .selection import KeepIndex, Selection
 
 #: Model families this library is tested on (``config.model_type``).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
@@ -141,7 +143,17 @@ def with_key_mask(
 
 @dataclass
 class PrefillStats:
-    """What the last compressed prefill did."""
+    """What the last compressed prefill did.
+
+    ``kept_per_layer``: tokens kept per compressed layer per KV head (for a batch, the mean over rows,
+    rounded); ``layer_budgets``: the method's per-layer budgets (for a padded batch, its longest row's).
+    ``kept_per_row_layer``: ``[row][layer]`` tokens per KV head each row kept (each row of a padded
+    batch keeps ``min(B, its length)`` as if it were alone); ``kept_tokens_per_layer_head``:
+    ``[layer][kv_head]`` tokens each KV head of each compressed layer holds, summed over rows (for one
+    prompt: what each head keeps; head-adaptive methods give heads different counts).
+    ``padding_tokens``: token slots held beyond what is kept (0: ragged layers are packed);
+    ``rectangular_padding_tokens``: the slots a rectangular layout would have padded instead.
+    """
 
     prompt_tokens: int
     budget: int
@@ -151,6 +163,10 @@ class PrefillStats:
     selection_seconds: float
     method: str
     extra: dict[str, Any] = field(default_factory=dict)
+    kept_per_row_layer: list[list[int]] = field(default_factory=list)
+    kept_tokens_per_layer_head: list[list[int]] = field(default_factory=list)
+    padding_tokens: int = 0
+    rectangular_padding_tokens: int = 0
 
 
 class _Session:
@@ -193,17 +209,27 @@ class _Session:
             self._keep(self.layers[j], index)
         self.done.add(layer_idx)
 
-    def _keep(self, layer_idx: int, index: torch.Tensor | None) -> None:
+    def _keep(self, layer_idx: int, index: KeepIndex) -> None:
         layer = self.cache.layers[layer_idx]
         if not isinstance(layer, CompressedLayer):
             b, h, n, _ = layer.keys.shape
             pos = torch.arange(n, device=layer.keys.device).expand(b, h, n)
             layer = CompressedLayer(layer.keys, layer.values, pos, n, self.group)
             self.cache.layers[layer_idx] = layer
-        if index is not None:
-            # a selection may come from another layer's device (WindowKV groups, DynamicKV's
-            # re-allocation) when consecutive layers live on different devices
-            layer.keep(index.to(layer.keys.device))
+        if index is None:
+            return
+        # a selection may come from another layer's device (WindowKV groups, DynamicKV's
+        # re-allocation) when consecutive layers live on different devices
+        index = index.to(layer.keys.device)
+        if isinstance(index, Selection):
+            rect = index.rectangular()
+            if rect is None and not isinstance(layer, RaggedLayer):
+                # counts differ per (row, KV head): store the kept tokens packed, no padding
+                self.group.layers.remove(layer)
+                self.cache.layers[layer_idx] = RaggedLayer.from_selection(layer, index, self.group)
+                return
+            index = index if rect is None else rect
+        layer.keep(index)
 
     def finish(self) -> PrefillStats:
         self.active = False
@@ -213,15 +239,21 @@ class _Session:
                 f"layers {missing[:5]} never reached dynamickv's attention: this model does not use the "
                 "transformers AttentionInterface for them"
             )
-        kept = [self.cache.layers[i].prompt_kept for i in self.layers]
+        counts = [self.cache.layers[i].kept_counts() for i in self.layers]  # [b, h] each
+        per_row = [[mean_kept(c[r]) for c in counts] for r in range(counts[0].shape[0])]
+        held, rect = padding_tokens(self.cache)
         stats = PrefillStats(
             prompt_tokens=self.info.n,
             budget=self.info.budget,
-            kept_per_layer=kept,
+            kept_per_layer=[mean_kept(c) for c in counts],
             layer_budgets=self.method.budgets(),
             compressed_layers=list(self.layers),
             selection_seconds=self.seconds,
             method=self.method.name,
+            kept_per_row_layer=per_row,
+            kept_tokens_per_layer_head=[[int(v) for v in c.sum(dim=0).tolist()] for c in counts],
+            padding_tokens=held,
+            rectangular_padding_tokens=rect,
         )
         if getattr(self.method, "chosen_mode", None):
             stats.extra["mode"] = self.method.chosen_mode
@@ -370,6 +402,8 @@ class Compressor:
             valid=valid,
             model_type=self.model_type,
         )
+        if info.lengths is not None and self.budget.ratio is not None:  # a ratio is per row
+            info.row_budgets = [self.budget.tokens_for(length) for length in info.lengths]
         self._session = _Session(self, cache, info)
         for m in self._modules:
             m.__dict__["_dynamickv_session"] = self._session

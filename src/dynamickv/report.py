@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .cache import cache_bytes, full_cache_bytes, kept_tokens_per_layer
+from .cache import cache_bytes, full_cache_bytes, kept_tokens_per_layer, kept_tokens_per_layer_head
 from .pipeline import Pipeline, split_chat_prompt
 
 _FILLER = (
@@ -70,6 +70,7 @@ def answer_report(
         "budget": str(budget),
         "prompt_tokens": int(ids.shape[-1]),
         "kept_tokens_per_layer": kept_tokens_per_layer(ctx.cache),
+        "kept_tokens_per_layer_head": kept_tokens_per_layer_head(ctx.cache),
         "layer_budgets": ctx.stats.layer_budgets,
         "kv_heads": int(model.config.get_text_config().num_key_value_heads),
         "kv_bytes": kv_bytes,

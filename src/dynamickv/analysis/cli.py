@@ -55,9 +55,14 @@ def analyze_command(
     protocol: Annotated[
         str, typer.Option(help="what is compressed: raw (the papers'), chat or agnostic")
     ] = "raw",
+    method: Annotated[
+        str,
+        typer.Option(help="method spec to analyse (default dynamickv; e.g. adakv, snapkv:heads=adaptive)"),
+    ] = "dynamickv",
 ) -> None:
-    """Record DynamicKV's per-layer / per-head kept-token counts and kept positions for every sample,
-    score how task-dependent the allocation is, and plot it (see dynamickv.analysis)."""
+    """Record a method's (DynamicKV's by default) per-layer / per-KV-head kept-token counts and kept
+    positions for every sample, score how task-dependent the allocation is, and plot it, including a
+    layer x KV head heatmap of per-head retention (see dynamickv.analysis)."""
     from dynamickv.budget import parse_budget
     from dynamickv.eval import cli as ecli
 
@@ -93,8 +98,9 @@ def analyze_command(
         records_by_task = {t: longbench.load_task(t, data_dir) for t in task_list}
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
-
     from dynamickv.methods import get_method
+
+    get_method(method)  # a bad spec fails here, before the model loads
     from dynamickv.models import load_model
 
     from . import retention
@@ -102,7 +108,7 @@ def analyze_command(
     t0 = time.perf_counter()
     mdl, tok = load_model(model, progress=False)
     num_layers = mdl.config.num_hidden_layers
-    get_method("dynamickv").validate(parsed.tokens or 1 << 30, num_layers)
+    get_method(method).validate(parsed.tokens or 1 << 30, num_layers)
     built, skipped = [], {}
     if benchmark == "ruler":  # per task, so that a task that cannot fit is skipped, not fatal
         for length in length_list:
@@ -165,13 +171,22 @@ def analyze_command(
         typer.echo(f"wrote {out} ({len(rows)} samples, {result['seconds']} s)")
         return
     records = retention.record_samples(
-        mdl, tok, built, budget, out, progress=lambda m: typer.echo(m, err=True)
+        mdl,
+        tok,
+        built,
+        budget,
+        out,
+        progress=lambda m: typer.echo(m, err=True),
+        method=method,
+        protocol=protocol,
     )
     wanted = {retention.sample_uid(s) for s in built}
     records = [r for r in records if r["uid"] in wanted]
     summary = retention.summarize(
         records,
         model=model,
+        method=method,
+        protocol=protocol,
         benchmark=benchmark,
         budget=str(budget),
         num_layers=num_layers,

@@ -5,7 +5,11 @@
 * ``retention_means.png``: the mean per-layer profile of each category on one chart;
 * ``task_profiles.png``: the mean per-layer profile of each task, as a tasks x layers heatmap;
 * ``positions_map.png``: which prompt positions one sample kept, layer by layer (needle marked);
-* ``budget_shapes.png``: DynamicKV's per-layer budgets beside PyramidKV's and WindowKV's fixed shapes.
+* ``budget_shapes.png``: DynamicKV's per-layer budgets beside PyramidKV's and WindowKV's fixed shapes;
+* ``head_retention.png``: per-head retention, a layer x KV head heatmap of the tokens each head kept
+  (divided by the budget, mean over samples), where head-adaptive methods differ from uniform ones.
+
+Titles name the method the records were made with (``method`` field; DynamicKV by default).
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ def _budget_label(records: Sequence[dict[str, Any]]) -> str:
     return f"B={budgets[0]}" if len(budgets) == 1 else f"B={budgets[0]}..{budgets[-1]}"
 
 
+def _method(records: Sequence[dict[str, Any]]) -> str:
+    names = sorted({str(r.get("method", "dynamickv")) for r in records})
+    return "DynamicKV" if names == ["dynamickv"] else ", ".join(names)
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -83,7 +92,9 @@ def boxplots(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> 
     for ax in axes[:, 0]:
         ax.set_xticks(ticks, labels=[str(t) for t in ticks])
     axes[-1, 0].set_xlabel("layer")
-    fig.suptitle(f"DynamicKV tokens kept per layer ({_budget_label(records)}) {title}".strip(), fontsize=11)
+    fig.suptitle(
+        f"{_method(records)} tokens kept per layer ({_budget_label(records)}) {title}".strip(), fontsize=11
+    )
     return _save(fig, path)
 
 
@@ -119,7 +130,7 @@ def mean_lines(records: Sequence[dict[str, Any]], path: Path, title: str = "") -
     if td_task["f"] is not None:
         note.append(f"F(task)={td_task['f']:.2f}")
     ax.set_title(
-        f"Mean DynamicKV retention per layer by category ({_budget_label(records)}) {title}\n"
+        f"Mean {_method(records)} retention per layer by category ({_budget_label(records)}) {title}\n"
         f"thick: category mean, band: +-1 std, thin: per-task means   {'  '.join(note)}",
         fontsize=10,
     )
@@ -129,25 +140,30 @@ def mean_lines(records: Sequence[dict[str, Any]], path: Path, title: str = "") -
     return _save(fig, path)
 
 
-def task_profiles(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Heatmap, tasks x layers: each task's mean kept / budget (log colour scale, white = uniform)."""
-    plt = _plt()
+def _ratio_heatmap(ax, grid: np.ndarray):
+    """``grid`` (ratios to the budget) on a symmetric log colour scale, white at 1."""
     from matplotlib.colors import LogNorm
 
-    x = profiles(records)
-    tasks: dict[str, list[int]] = {}
-    for r in sorted(range(len(records)), key=lambda i: (records[i]["category"], records[i]["task"])):
-        tasks.setdefault(records[r]["task"], []).append(r)
-    grid = np.array([x[idx].mean(axis=0) for idx in tasks.values()])
     lim = max(float(np.abs(np.log(np.clip(grid, 1e-3, None))).max()), np.log(1.5))
-    fig, ax = plt.subplots(figsize=(10, 0.32 * len(tasks) + 1.6))
-    im = ax.imshow(
+    return ax.imshow(
         grid.clip(np.exp(-lim), np.exp(lim)),
         aspect="auto",
         cmap="RdBu_r",
         norm=LogNorm(np.exp(-lim), np.exp(lim)),
         interpolation="nearest",
     )
+
+
+def task_profiles(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Heatmap, tasks x layers: each task's mean kept / budget (log colour scale, white = uniform)."""
+    plt = _plt()
+    x = profiles(records)
+    tasks: dict[str, list[int]] = {}
+    for r in sorted(range(len(records)), key=lambda i: (records[i]["category"], records[i]["task"])):
+        tasks.setdefault(records[r]["task"], []).append(r)
+    grid = np.array([x[idx].mean(axis=0) for idx in tasks.values()])
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(tasks) + 1.6))
+    im = _ratio_heatmap(ax, grid)
     labels = [f"{t} ({records[idx[0]]['category']}, n={len(idx)})" for t, idx in tasks.items()]
     ax.set_yticks(range(len(tasks)), labels=labels, fontsize=8)
     ax.set_xlabel("layer")
@@ -155,7 +171,8 @@ def task_profiles(records: Sequence[dict[str, Any]], path: Path, title: str = ""
     td = task_dependence(records, "task", permutations=0)
     score = f"   F(task)={td['f']:.2f}" if td["f"] is not None else ""
     ax.set_title(
-        f"Mean DynamicKV retention per task and layer ({_budget_label(records)}) {title}{score}", fontsize=10
+        f"Mean {_method(records)} retention per task and layer ({_budget_label(records)}) {title}{score}",
+        fontsize=10,
     )
     return _save(fig, path)
 
@@ -257,8 +274,38 @@ def budget_shapes(records: Sequence[dict[str, Any]], path: Path, title: str = ""
     return _save(fig, path)
 
 
+def head_profiles(records: Sequence[dict[str, Any]]) -> np.ndarray:
+    """``[layers, kv_heads]``: tokens each KV head kept divided by the budget, mean over samples."""
+    x = np.array([np.asarray(r["kept_per_head"], dtype=float) / r["budget"] for r in records])
+    return x.mean(axis=0)
+
+
+def head_retention(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Heatmap, layers x KV heads: mean kept / budget of every head (log colour scale, white = B)."""
+    plt = _plt()
+    grid = head_profiles(records)
+    layers, heads = grid.shape
+    fig, ax = plt.subplots(figsize=(min(3 + 0.45 * heads, 12), 0.22 * layers + 1.8))
+    im = _ratio_heatmap(ax, grid)
+    ax.set_xticks(range(heads), labels=[str(h) for h in range(heads)], fontsize=8)
+    step = max(1, layers // 16)
+    ax.set_yticks(
+        range(0, layers, step), labels=[str(records[0]["layers"][i]) for i in range(0, layers, step)]
+    )
+    ax.set_xlabel("KV head")
+    ax.set_ylabel("layer")
+    fig.colorbar(im, ax=ax, label="kept / budget (log)")
+    spread = float(np.mean(grid.max(axis=1) / np.clip(grid.min(axis=1), 1e-9, None)))
+    ax.set_title(
+        f"{_method(records)} tokens per KV head ({_budget_label(records)}, n={len(records)}) {title}\n"
+        f"mean max/min head ratio per layer: {spread:.2f}",
+        fontsize=9,
+    )
+    return _save(fig, path)
+
+
 def plot_all(records: Sequence[dict[str, Any]], out: str | Path, title: str = "") -> list[Path]:
-    """The four plots into ``out``; their paths."""
+    """Every plot into ``out``; their paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not records:
@@ -270,4 +317,5 @@ def plot_all(records: Sequence[dict[str, Any]], out: str | Path, title: str = ""
         task_profiles(records, out / "task_profiles.png", title),
         positions_map(pick_sample(records), out / "positions_map.png", title),
         budget_shapes(records, out / "budget_shapes.png", title),
+        head_retention(records, out / "head_retention.png", title),
     ]

@@ -1,4 +1,5 @@
-"""Record DynamicKV's per-layer retention for a set of samples, and score its task dependence.
+"""Record a method's per-layer (and per-KV-head) retention for a set of samples, and score its task
+dependence. DynamicKV by default; any method spec (``adakv``, ``pyramidkv:heads=adaptive``) works.
 
 One :func:`~dynamickv.replay.record_prefill` per sample (the compressed head of the chat-formatted
 prompt, as :func:`~dynamickv.eval.runner.split_prompt` splits it), then
@@ -7,7 +8,7 @@ itself (``CompressedLayer.positions``), so they are what DynamicKV really kept.
 
 One JSON line per sample in ``retention.jsonl``:
 
-``uid, task, category, prompt_tokens, budget, layers`` (compressed model layer indices),
+``uid, task, category, method, prompt_tokens, budget, layers`` (compressed model layer indices),
 ``kept_per_layer`` (tokens kept per layer, per KV head), ``kept_per_head`` (``[layer][head]``),
 ``layer_budgets`` (DynamicKV's final per-layer budgets), ``positions`` (``[layer]``: the sorted prompt
 positions KV head 0 kept), ``heads_differ`` (``[layer]``: how many KV heads kept a different set of
@@ -15,7 +16,9 @@ positions than head 0), ``needle_spans`` (``[[start, end), ...]`` token spans of
 in the compressed prompt, when known) and ``seconds`` (prefill + selection).
 
 DynamicKV in this library allocates per *layer*: every KV head of a layer keeps the same number of
-tokens (each head picks its own tokens). ``kept_per_head`` is recorded anyway, and is checked.
+tokens (each head picks its own tokens). Head-adaptive methods (``adakv``, ``heads=adaptive``) give
+each KV head its own count: ``kept_per_head`` records what each head really holds (the cache's own
+counts), and ``plots.head_retention`` draws it as a layer x head heatmap.
 """
 
 from __future__ import annotations
@@ -83,18 +86,25 @@ def needle_spans(sample: Sample, tokenizer: Any, head_ids: Sequence[int]) -> lis
 
 # -- recording --------------------------------------------------------------------------------
 def record_sample(
-    model: Any, tokenizer: Any, sample: Sample, budget: int | float | str, **params: Any
+    model: Any,
+    tokenizer: Any,
+    sample: Sample,
+    budget: int | float | str,
+    method: str = "dynamickv",
+    protocol: str = "chat",
+    **params: Any,
 ) -> dict[str, Any]:
-    """DynamicKV's retention on one sample (see the module docstring for the fields)."""
+    """``method``'s retention on one sample (DynamicKV by default; see the module docstring); the
+    compressed part is what ``protocol`` compresses (:data:`dynamickv.eval.prompts.PROTOCOLS`)."""
     from dynamickv.cache import compressed_layers
     from dynamickv.eval.runner import split_prompt
     from dynamickv.replay import derive_cache, record_prefill
 
-    head_ids, _ = split_prompt(sample, tokenizer)
+    head_ids, _ = split_prompt(sample, tokenizer, protocol)
     t0 = time.perf_counter()
     record = record_prefill(model, head_ids)
     try:
-        cache, stats = derive_cache(record, "dynamickv", budget, **params)
+        cache, stats = derive_cache(record, method, budget, **params)
     finally:
         record.release()
     seconds = time.perf_counter() - t0
@@ -102,18 +112,19 @@ def record_sample(
     order = sorted(layers)
     kept_per_head, positions, heads_differ = [], [], []
     for idx in order:
-        pos = layers[idx].positions[0]  # [kv_heads, kept]; batch of one
-        kept_per_head.append([int(pos.shape[-1])] * int(pos.shape[0]))
-        positions.append([int(p) for p in pos[0].tolist()])
-        heads_differ.append(int(sum(not bool((pos[h] == pos[0]).all()) for h in range(1, pos.shape[0]))))
+        kept_per_head.append([int(c) for c in layers[idx].kept_counts()[0].tolist()])  # batch of one
+        heads = layers[idx].kept_positions(0)
+        positions.append(heads[0])
+        heads_differ.append(sum(h != heads[0] for h in heads[1:]))
     return {
         "uid": sample_uid(sample),
         "task": sample.task,
         "category": sample.category,
+        "method": method,
         "prompt_tokens": int(head_ids.shape[-1]),
         "budget": int(stats.budget),
         "layers": order,
-        "kept_per_layer": [int(layers[i].prompt_kept) for i in order],
+        "kept_per_layer": [int(k) for k in stats.kept_per_layer],
         "kept_per_head": kept_per_head,
         "layer_budgets": [int(b) for b in stats.layer_budgets],
         "positions": positions,
@@ -154,14 +165,16 @@ def record_samples(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / RECORDS
-    records = load_records(path)
+    method = params.pop("method", "dynamickv")
+    protocol = params.pop("protocol", "chat")
+    records = [r for r in load_records(path) if r.get("method", "dynamickv") == method]
     done = {r["uid"] for r in records}
     with open(path, "a", encoding="utf-8") as f:
         for sample in samples:
             uid = sample_uid(sample)
             if uid in done:
                 continue
-            rec = record_sample(model, tokenizer, sample, budget, **params)
+            rec = record_sample(model, tokenizer, sample, budget, method, protocol, **params)
             f.write(json.dumps(rec) + "\n")
             f.flush()
             records.append(rec)

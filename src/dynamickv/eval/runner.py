@@ -188,7 +188,7 @@ def run(
     ``shard`` (see :mod:`dynamickv.eval.distributed`): under ``torchrun`` every rank calls ``run`` with the
     same arguments and its own shard; each decodes its share of the samples, rank 0 merges the files.
     """
-    from dynamickv.cache import cache_bytes, kept_tokens_per_layer
+    from dynamickv.cache import cache_bytes, kept_tokens_per_layer, kept_tokens_per_layer_head
     from dynamickv.compressor import compressible_layers
     from dynamickv.methods import get_method, parse_method_spec
     from dynamickv.pipeline import CompressedContext, Pipeline
@@ -326,6 +326,7 @@ def run(
                     "answers": list(sample.answers),
                     "score": scorer.sample(sample, prediction),
                     "kept_tokens_per_layer": kept,
+                    "kept_tokens_per_layer_head": kept_tokens_per_layer_head(ctx.cache),
                     "layer_budgets": list(ctx.stats.layer_budgets),
                     "kv_bytes": kv,
                     "prompt_tokens": int(n_head + tail_ids.shape[-1]),

@@ -6,6 +6,7 @@ from dataclasses import fields
 from typing import Any
 
 from ..errors import BudgetError, UnknownMethodError
+from .adakv import AdaKV
 from .base import KeepOp, Method, PrefillInfo
 from .dynamickv import DynamicKV
 from .fullkv import FullKV
@@ -16,7 +17,7 @@ from .streamingllm import StreamingLLM
 from .windowkv import WindowKV
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (FullKV, StreamingLLM, H2O, SnapKV, PyramidKV, DynamicKV, WindowKV)
+    cls.name: cls for cls in (FullKV, StreamingLLM, H2O, SnapKV, PyramidKV, DynamicKV, WindowKV, AdaKV)
 }
 
 
@@ -87,6 +88,26 @@ def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return key, params
 
 
+def describe_methods() -> list[dict[str, Any]]:
+    """Every registered method as plain data (``dynamickv methods --json``): name, summary, paper,
+    parameters with their defaults, ``head_adaptive`` (its KV heads split each layer's budget, as
+    configured by default) and ``head_adaptive_option`` (``heads=adaptive`` can be set in a spec)."""
+    out = []
+    for name, cls in METHODS.items():
+        params = {f.name: f.default for f in fields(cls)}
+        out.append(
+            {
+                "name": name,
+                "summary": cls.summary,
+                "paper": cls.paper,
+                "params": params,
+                "head_adaptive": params.get("heads") == "adaptive",
+                "head_adaptive_option": "heads" in params,
+            }
+        )
+    return out
+
+
 def method_spec(name: str, params: dict[str, Any]) -> str:
     """The canonical spec string of ``name`` with ``params`` (inverse of :func:`parse_method_spec`)."""
     if not params:
@@ -97,6 +118,7 @@ def method_spec(name: str, params: dict[str, Any]) -> str:
 __all__ = [
     "H2O",
     "METHODS",
+    "AdaKV",
     "DynamicKV",
     "FullKV",
     "KeepOp",
@@ -106,6 +128,7 @@ __all__ = [
     "SnapKV",
     "StreamingLLM",
     "WindowKV",
+    "describe_methods",
     "get_method",
     "method_spec",
     "parse_method_spec",

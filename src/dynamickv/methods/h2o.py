@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..heads import HeadBudgets
 from .base import Method
 
 
 @dataclass
-class H2O(Method):
+class H2O(HeadBudgets, Method):
     """Heavy-hitter oracle: keep the tokens with the most accumulated attention, plus the window.
 
     Paper: Zhang et al., "H2O: Heavy-Hitter Oracle for Efficient Generative Inference of Large
@@ -18,6 +19,8 @@ class H2O(Method):
 
     Attributes:
         window: observation window (always kept), 32.
+        heads: ``"uniform"`` or ``"adaptive"`` (Ada-KV's head budgets inside the layer budget, see
+            :class:`~dynamickv.heads.HeadBudgets`); ``head_floor``: Ada-KV's safeguard, 0.2.
     """
 
     name = "h2o"

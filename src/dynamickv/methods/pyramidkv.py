@@ -28,6 +28,7 @@ class PyramidKV(SnapKV):
         kernel: pooling kernel, 7.
         pooling: ``"max"``.
         beta: ratio between the average and the smallest layer budget, 20.
+        heads: ``"adaptive"`` splits each layer's pyramid budget across KV heads (Ada-PyramidKV).
     """
 
     name = "pyramidkv"

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import BudgetError
+from ..heads import HeadBudgets
 from ..scoring import POOLINGS, Observation, Pooling
 from .base import Method
 
 
 @dataclass
-class SnapKV(Method):
+class SnapKV(HeadBudgets, Method):
     """Keep the tokens the observation window attends to most, after pooling, plus the window.
 
     Paper: Li et al., "SnapKV: LLM Knows What You are Looking for Before Generation", NeurIPS 2024
@@ -22,6 +23,8 @@ class SnapKV(Method):
         window: observation window (always kept), 32.
         kernel: pooling kernel along positions, 7.
         pooling: ``"max"`` (the paper's comparisons) or ``"avg"``.
+        heads: ``"uniform"`` (the paper) or ``"adaptive"`` (Ada-KV's head budgets, see
+            :class:`~dynamickv.heads.HeadBudgets`); ``head_floor``: Ada-KV's safeguard, 0.2.
     """
 
     name = "snapkv"

@@ -8,7 +8,8 @@ import torch
 
 from ..errors import BudgetError
 from ..scoring import Observation
-from .base import KeepOp, Method, keep_all_needed
+from ..selection import Selection, compose
+from .base import KeepOp, Method, keep_all_needed, row_counts
 
 
 @dataclass
@@ -39,17 +40,19 @@ class StreamingLLM(Method):
 
     def compress(self, layer: int, obs: Observation) -> list[KeepOp]:
         info = self._require_info()
-        budget = self._budgets[layer]
-        if keep_all_needed(info, budget):
+        budget = self.layer_budget(layer)
+        if not info.padded and keep_all_needed(info, budget):
             return [(layer, None)]
-        k = min(budget, info.n_eff)
-        n, device = info.n, obs.keys.device
-        sinks = min(self.sinks, k)
-        recent = torch.arange(n - (k - sinks), n, device=device)
-        if info.valid is None:
-            first = torch.zeros(obs.batch, dtype=torch.long, device=device)
-        else:
+        n, b, device = info.n, obs.batch, obs.keys.device
+        ks, sinks = row_counts(info, budget, self.sinks, b)  # per row: kept, sinks among them
+        first = torch.zeros(b, dtype=torch.long, device=device)
+        if info.valid is not None:
             first = (~info.valid).sum(dim=1).to(device)  # left padding: first real token of each row
-        sink = first.view(-1, 1) + torch.arange(sinks, device=device).view(1, -1)
-        idx = torch.cat([sink, recent.expand(obs.batch, -1)], dim=-1)
-        return [(layer, idx.unsqueeze(1).expand(obs.batch, obs.num_kv_heads, k))]
+        width = max(sinks)
+        counts = torch.tensor(sinks, dtype=torch.long, device=device).view(b, 1)
+        sink = first.view(-1, 1) + torch.arange(width, device=device).view(1, -1)
+        recent = torch.tensor([k - s for k, s in zip(ks, sinks, strict=True)], device=device)
+        index = compose(sink.unsqueeze(1), counts, n - recent, recent)
+        if isinstance(index, Selection):
+            return [(layer, index.expand_heads(obs.num_kv_heads))]
+        return [(layer, index.expand(b, obs.num_kv_heads, -1))]

@@ -11,6 +11,7 @@ import torch
 from ..budget import capped_allocation, largest_remainder
 from ..errors import BudgetError
 from ..scoring import Observation, stable_topk
+from ..selection import Selection, compose, top_sorted
 from .base import KeepOp, Method, PrefillInfo, keep_all_needed, select_top
 
 Mode = Literal["localization", "aggregation", "auto"]
@@ -164,8 +165,13 @@ class WindowKV(Method):
         gamma = self.gamma or default_group_size(info.num_layers)
         if layer == 0 and self.mode == "auto":
             self.chosen_mode = self.decide(obs)
-            self._budgets = self.layer_budgets(info)
+            self.plan_budgets(info)
         omega, alpha = self.settings(self.chosen_mode)
+        if info.padded:  # every row as it would be alone
+            if layer % gamma == 0:
+                self._shared = self._select_rows(obs, omega, alpha, self.layer_budget(layer), info)
+            assert self._shared is not None
+            return [(layer, self._shared.expand_heads(obs.num_kv_heads))]
         budget = self._budgets[layer]
         if keep_all_needed(info, budget) or info.n_eff <= budget:
             return [(layer, select_top(lambda o: o.scores(alpha), obs, budget, alpha, info))]
@@ -193,3 +199,37 @@ class WindowKV(Method):
         pos = (chosen.unsqueeze(-1) * omega + torch.arange(omega, device=chosen.device)).reshape(b, -1)
         tail_idx = torch.arange(n - tail, n, device=pos.device).expand(b, tail)
         return torch.cat([pos, tail_idx], dim=-1).unsqueeze(1)
+
+    def _select_rows(
+        self, obs: Observation, omega: int, alpha: int, budgets: list[int], info: PrefillInfo
+    ) -> Selection:
+        """:meth:`_select` for each row of a left-padded batch as if it were alone: its windows are
+        aligned at its own first token, its budget is its own, and a row that fits its budget is
+        kept whole."""
+        n, b, device = info.n, obs.batch, obs.keys.device
+        tok = obs.scores(alpha, per_kv_head=False)  # [b, n - alpha]; padding is -inf
+        lengths = [info.length(r) for r in range(b)]
+        whole = [lengths[r] <= budgets[r] for r in range(b)]
+        rest = [0 if whole[r] else (lengths[r] - alpha) % omega for r in range(b)]
+        tail = [lengths[r] if whole[r] else alpha + rest[r] for r in range(b)]
+        m = [(lengths[r] - tail[r]) // omega for r in range(b)]
+        review = [budgets[r] - alpha for r in range(b)]
+        count = [min((review[r] - rest[r]) // omega if review[r] > rest[r] else 0, m[r]) for r in range(b)]
+        width = max(max(m), 1)
+        pad = torch.tensor([n - length for length in lengths], device=device).view(b, 1, 1)
+        starts = pad + omega * torch.arange(width, device=device).view(1, width, 1)
+        at = (starts + torch.arange(omega, device=device).view(1, 1, omega)).clamp_max(n - alpha - 1)
+        win = tok.gather(1, at.view(b, -1)).view(b, width, omega)
+        if self.chosen_mode == "aggregation":
+            win = win.topk(max(1, omega // 2), dim=-1).values.mean(-1)
+        else:
+            win = win.mean(-1)
+        exists = torch.arange(width, device=device).view(1, width) < torch.tensor(m, device=device).view(b, 1)
+        win = torch.where(exists, win.nan_to_num(float("-inf")), float("-inf"))
+        chosen = top_sorted(win, torch.tensor(count, device=device))  # [b, max(count)] window indices
+        offsets = chosen.unsqueeze(-1) * omega + torch.arange(omega, device=device)
+        pos = (pad.view(b, 1, 1) + offsets).view(b, -1)
+        counts = torch.tensor([c * omega for c in count], device=device).view(b, 1)
+        tails = torch.tensor(tail, device=device)
+        sel = compose(pos.unsqueeze(1), counts, n - tails, tails)
+        return sel if isinstance(sel, Selection) else Selection(sel, torch.full_like(counts, sel.shape[-1]))
