@@ -1,0 +1,294 @@
+"""Tables and the summary of a serving benchmark run, computed from its JSON (never typed in).
+
+``python -m dynamickv.bench_tables serving.json --summary h200_summary.json --md tables.md``
+regenerates the Markdown tables of ``docs/benchmarks.md`` and ``docs/results/gpu/h200_summary.json``
+from ``benchmarks/h200_serving.py``'s output. Every figure, ratio and "met" flag here is derived
+from measured rows; a figure whose rows are missing (a part skipped or failed) is ``None``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+#: The issue's targets: (summary key, comparison, bound).
+TARGETS = (
+    ("throughput_ratio_32k", ">=", 10.0),
+    ("decode_static_x_floor", "<=", 1.3),
+    ("prefill_ratio_128k", "<=", 1.02),
+    ("prefill_peak_vs_kvpress_snapkv_128k", "<=", 0.6),
+    ("context_512k_runs", "==", True),
+)
+
+
+def _lengths(result: dict[str, Any]) -> dict[str, int]:
+    return result.get("meta", {}).get("lengths") or {"32k": 32768, "128k": 131072, "512k": 524288}
+
+
+def _ok(row: dict[str, Any]) -> bool:
+    return "error" not in row and "skipped" not in row
+
+
+def _exact(row: dict[str, Any]) -> bool:
+    return row.get("tokens_agree") == row.get("tokens_compared")
+
+
+def best_throughput(rows: list[dict[str, Any]], tokens: int, full: bool) -> dict[str, Any] | None:
+    """The row with the most decode tokens/s at ``tokens`` among full-KV rows or compressed ones."""
+    pick = [
+        r
+        for r in rows
+        if r.get("tokens") == tokens
+        and _ok(r)
+        and r.get("tokens_per_s")
+        and r["method"].startswith("fullkv") == full
+    ]
+    return max(pick, key=lambda r: r["tokens_per_s"], default=None)
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures and the targets, from the measured rows."""
+    lengths = _lengths(result)
+    out: dict[str, Any] = {
+        "date": result.get("meta", {}).get("date"),
+        "device": result.get("meta", {}).get("device"),
+    }
+    b1 = [r for r in result.get("batch1", []) if _ok(r) and r.get("x_floor")]
+    at128 = [r for r in b1 if r["tokens"] == lengths["128k"] and r["method"] == "dynamickv"]
+    exact = [r for r in at128 if _exact(r)]
+    best = min(exact, key=lambda r: r["x_floor"], default=None)
+    out["decode_static_x_floor"] = best["x_floor"] if best else None
+    out["decode_static_mode"] = best["mode"] if best else None
+    out["decode_static_ms_128k"] = best["decode_ms"] if best else None
+    out["decode_x_floor_by_mode_128k"] = {r["mode"]: r["x_floor"] for r in at128}
+    out["decode_tokens_agree_by_mode_128k"] = {
+        r["mode"]: f"{r['tokens_agree']}/{r['tokens_compared']}" for r in at128
+    }
+    serving = result.get("serving", [])
+    for name in ("32k", "128k"):
+        comp = best_throughput(serving, lengths[name], full=False)
+        full = best_throughput(serving, lengths[name], full=True)
+        ratio = comp["tokens_per_s"] / full["tokens_per_s"] if comp and full else None
+        out[f"throughput_ratio_{name}"] = ratio
+        out[f"throughput_best_compressed_{name}"] = _brief(comp)
+        out[f"throughput_best_fullkv_{name}"] = _brief(full)
+        out[f"max_batch_{name}"] = {
+            r["method"]: r.get("max_batch") for r in serving if r.get("tokens") == lengths[name] and _ok(r)
+        }
+    prefills = {(p["method"], p["tokens"]): p for p in result.get("prefill", [])}
+    dyn, plain = prefills.get(("dynamickv", lengths["128k"])), prefills.get(("fullkv-plain", lengths["128k"]))
+    out["prefill_ratio_128k"] = dyn["ttft_s"] / plain["ttft_s"] if dyn and plain else None
+    snap = [
+        r
+        for r in result.get("kvpress", [])
+        if r.get("method") == "kvpress-snapkv" and r.get("tokens") == lengths["128k"]
+    ]
+    snap_peak = snap[0].get("prefill_peak_gib") if snap else None
+    out["prefill_peak_vs_kvpress_snapkv_128k"] = (
+        dyn["prefill_peak_gib"] / snap_peak if dyn and snap_peak else None
+    )
+    long = [r for r in b1 if r["tokens"] == lengths["512k"]]
+    long_prefill = prefills.get(("dynamickv", lengths["512k"]))
+    out["context_512k_runs"] = bool(long and long_prefill) if "long_512k" in result.get("parts", {}) else None
+    if long_prefill:
+        out["context_512k"] = {
+            "prefill_s": long_prefill["ttft_s"],
+            "prefill_peak_gib": long_prefill["prefill_peak_gib"],
+            "decode_ms": long[0]["decode_ms"] if long else None,
+        }
+    out["targets"] = {}
+    for key, op, bound in TARGETS:
+        v = out.get(key)
+        met = None if v is None else (v >= bound if op == ">=" else v <= bound if op == "<=" else v == bound)
+        out["targets"][key] = {"value": v, "target": f"{op} {bound}", "met": met}
+    return out
+
+
+def _brief(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {k: row.get(k) for k in ("method", "rows", "tokens_per_s", "decode_ms", "mode")}
+
+
+def _fmt(v: Any, f: str = "{:.2f}") -> str:
+    if v is None:
+        return "-"
+    return f.format(v) if isinstance(v, float) else str(v)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """Every table of the run, in Markdown."""
+    parts = []
+    b1 = result.get("batch1", [])
+    parts.append("### Batch-1 decode, DynamicKV, by decode mode\n")
+    parts.append(
+        _table(
+            ["tokens", "mode", "ms/token", "floor ms", "x floor", "tokens agree with plain", "setup s"],
+            [
+                [
+                    _fmt(r.get("tokens")),
+                    r["mode"],
+                    _fmt(r.get("decode_ms")),
+                    _fmt(r.get("floor_ms")),
+                    _fmt(r.get("x_floor")),
+                    f"{r.get('tokens_agree', '-')}/{r.get('tokens_compared', '-')}",
+                    _fmt(r.get("setup_s"), "{:.1f}"),
+                ]
+                if _ok(r)
+                else [_fmt(r.get("tokens")), r["mode"], "error: " + r["error"][:80], "", "", "", ""]
+                for r in b1
+            ],
+        )
+    )
+    roof = result.get("roofline")
+    if roof:
+        parts.append("\n### GEMV roofline (batch 1) and kernel profile\n")
+        parts.append(
+            f"A CUDA graph of only the step's {roof['gemv_kernels']} GEMVs ({roof['gemv_gib']:.2f} GiB of weights) "
+            f"takes {roof['gemv_ms']:.2f} ms ({roof['gemv_gbs']:.0f} GB/s; copy bandwidth "
+            f"{roof['copy_bandwidth_gbs']:.0f} GB/s, weights alone at copy bandwidth {roof['weights_floor_ms']:.2f} ms).\n"
+        )
+    profiles = result.get("profiles", [])
+    if profiles:
+        kinds = sorted({k for p in profiles for k in p.get("by_kind", {})})
+        parts.append(
+            _table(
+                ["mode", "tokens", "kernels/step", "kernel ms/step", *[f"{k} ms (n)" for k in kinds]],
+                [
+                    [
+                        p["mode"],
+                        _fmt(p.get("tokens")),
+                        _fmt(p.get("kernels_per_step"), "{:.0f}"),
+                        _fmt(p.get("kernel_ms_per_step")),
+                        *[
+                            f"{p['by_kind'][k]['ms']:.2f} ({p['by_kind'][k]['count']:.0f})"
+                            if k in p.get("by_kind", {})
+                            else "-"
+                            for k in kinds
+                        ],
+                    ]
+                    for p in profiles
+                    if "error" not in p
+                ],
+            )
+        )
+    serving = result.get("serving", [])
+    if serving:
+        parts.append("\n### Largest batch and decode throughput\n")
+        parts.append(
+            _table(
+                [
+                    "method",
+                    "tokens",
+                    "largest batch",
+                    "next tried (OOM)",
+                    "ms/step",
+                    "tokens/s",
+                    "TTFT s",
+                    "+peak prefill GiB",
+                    "cache MiB/request",
+                ],
+                [
+                    [
+                        r["method"],
+                        _fmt(r.get("tokens")),
+                        _fmt(r.get("max_batch")),
+                        _fmt(r.get("max_batch_failed_at")),
+                        _fmt(r.get("decode_ms")),
+                        _fmt(r.get("tokens_per_s"), "{:.0f}"),
+                        _fmt(r.get("ttft_s")),
+                        _fmt(r.get("prefill_peak_gib"), "{:.1f}"),
+                        _fmt(r.get("cache_mib_per_request"), "{:.0f}"),
+                    ]
+                    if _ok(r)
+                    else [
+                        r["method"],
+                        _fmt(r.get("tokens")),
+                        r.get("error", r.get("skipped", ""))[:80],
+                        *[""] * 6,
+                    ]
+                    for r in serving
+                ],
+            )
+        )
+    kv = result.get("kvpress", [])
+    if kv:
+        parts.append("\n### kvpress 0.5.5 (batch 1, own process)\n")
+        parts.append(
+            _table(
+                [
+                    "method",
+                    "tokens",
+                    "per-layer kept (min-max)",
+                    "prefill s",
+                    "+peak GiB",
+                    "eager ms/token",
+                    "tokens/s",
+                ],
+                [
+                    [
+                        r["method"],
+                        _fmt(r.get("tokens")),
+                        f"{_fmt(r.get('kept_min'))}-{_fmt(r.get('kept_max'))}",
+                        _fmt(r.get("prefill_s")),
+                        _fmt(r.get("prefill_peak_gib"), "{:.1f}"),
+                        _fmt(r.get("decode_eager_ms")),
+                        _fmt(1e3 / r["decode_eager_ms"] if r.get("decode_eager_ms") else None, "{:.0f}"),
+                    ]
+                    for r in kv
+                ],
+            )
+        )
+    s = summary(result)
+    parts.append("\n### Targets\n")
+    parts.append(
+        _table(
+            ["target", "value", "bound", "met"],
+            [[k, _fmt(v["value"], "{:.3f}"), v["target"], _fmt(v["met"])] for k, v in s["targets"].items()],
+        )
+    )
+    run = result.get("parts", {})
+    if run:
+        parts.append("\n### Parts of the run\n")
+        parts.append(
+            _table(
+                ["part", "estimate s", "seconds", "note"],
+                [
+                    [
+                        k,
+                        _fmt(v.get("estimate_s")),
+                        _fmt(v.get("seconds")),
+                        (v.get("skipped") or v.get("error") or "")[:100],
+                    ]
+                    for k, v in run.items()
+                ],
+            )
+        )
+    return "\n".join(parts) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("json", type=Path, help="serving.json of benchmarks/h200_serving.py")
+    ap.add_argument("--summary", type=Path, help="write the summary JSON here")
+    ap.add_argument("--md", type=Path, help="write the Markdown tables here")
+    args = ap.parse_args()
+    result = json.loads(args.json.read_text())
+    tables, s = markdown(result), summary(result)
+    if args.summary:
+        args.summary.write_text(json.dumps(s, indent=1))
+    if args.md:
+        args.md.write_text(tables)
+    print(tables)
+    print(json.dumps(s, indent=1))
+
+
+if __name__ == "__main__":
+    main()
