@@ -209,9 +209,10 @@ def measure(
         if method != "fullkv":
             _reset(device)
             times: list[float] = []
-            StaticDecoder(model, cache, steps + 1, graph=graph).generate(
-                first[:, 0], steps + 1, timings=times
-            )
+            decoder = StaticDecoder(model, cache, steps + 1, graph=graph)
+            decoder.generate(first[:, 0], steps + 1, timings=times)
+            row["decode_static_mode"] = decoder.decoder.mode
+            del decoder
             row["decode_static_ms"] = statistics.median(times[3:]) * 1e3
             row["decode_static_peak_gib"] = (_peak(device) - base) / 2**30
         del cache

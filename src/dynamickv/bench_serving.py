@@ -233,15 +233,17 @@ def plain_row_bytes(model, request: dict[str, Any]) -> float:
 
 
 def search_max_batch(
-    trial: Callable[[int], dict[str, Any]], estimate: int, tolerance: float = 0.02, max_trials: int = 7
+    trial: Callable[[int], dict[str, Any]], estimate: int, tolerance: float = 0.02, max_trials: int = 8
 ) -> dict[str, Any]:
     """The largest batch ``trial`` runs without running out of memory.
 
-    Starts at ``estimate``; goes up 4% at a time until a trial fails, or down 4% until one runs,
-    then bisects until the largest success and the smallest failure are within ``tolerance``.
-    Returns ``{"rows", "failed_at", "trials", "best"}`` (``best``: the largest success's row)."""
+    Starts at ``estimate`` (from the free memory, so usually close); steps up (4%, then 10%, 25%,
+    50%, doubling) until a trial fails, or down likewise until one runs, then bisects until the
+    largest success and the smallest failure are within ``tolerance``. Returns ``{"rows",
+    "failed_at", "trials", "best"}`` (``best``: the largest success's row; ``rows`` 0 if none ran)."""
+    steps = (0.04, 0.1, 0.25, 0.5, 1.0)
     lo, hi, best, trials = 0, None, None, []
-    n = max(1, estimate)
+    n, streak = max(1, estimate), 0
     while len(trials) < max_trials:
         try:
             row = trial(n)
@@ -255,14 +257,16 @@ def search_max_batch(
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        if hi is not None and lo and hi - lo <= max(1, int(lo * tolerance)):
-            break
+        step = steps[min(streak, len(steps) - 1)]
+        streak += 1
         if hi is None:
-            n = max(n + 1, int(n * 1.04))
+            n = max(n + 1, int(n * (1 + step)))
         elif not lo:
-            n = max(1, min(hi - 1, int(n * 0.96)))
-            if n == hi:
+            if n == 1:
                 break
+            n = max(1, min(n - 1, int(n * (1 - step / (1 + step)))))
+        elif hi - lo <= max(1, int(lo * tolerance)):
+            break
         else:
             n = (lo + hi) // 2
     return {"rows": lo, "failed_at": hi, "trials": trials, "best": best}

@@ -1,6 +1,6 @@
 """Tables and the summary of a serving benchmark run, computed from its JSON (never typed in).
 
-``python -m dynamickv.bench_tables serving.json --summary h200_summary.json --md tables.md``
+``python -m dynamickv.bench_tables serving.json [more.json] --summary h200_summary.json --md tables.md``
 regenerates the Markdown tables of ``docs/benchmarks.md`` and ``docs/results/gpu/h200_summary.json``
 from ``benchmarks/h200_serving.py``'s output. Every figure, ratio and "met" flag here is derived
 from measured rows; a figure whose rows are missing (a part skipped or failed) is ``None``.
@@ -91,7 +91,8 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
     )
     long = [r for r in b1 if r["tokens"] == lengths["512k"]]
     long_prefill = prefills.get(("dynamickv", lengths["512k"]))
-    out["context_512k_runs"] = bool(long and long_prefill) if "long_512k" in result.get("parts", {}) else None
+    attempted = "long_512k" in result.get("parts", {}) and "skipped" not in result["parts"]["long_512k"]
+    out["context_512k_runs"] = bool(long and long_prefill) if attempted else None  # None: not measured
     if long_prefill:
         out["context_512k"] = {
             "prefill_s": long_prefill["ttft_s"],
@@ -274,13 +275,30 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs (e.g. the main call and a separate ``--parts long_512k`` call) as one: row lists
+    concatenated, parts and the roofline taken from the later run where both have them."""
+    out: dict[str, Any] = {"meta": dict(results[0].get("meta", {})), "parts": {}}
+    for r in results:
+        for key, value in r.items():
+            if isinstance(value, list):
+                out.setdefault(key, []).extend(value)
+            elif key == "parts":
+                out["parts"].update(value)
+            elif key != "meta":
+                out[key] = value
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("json", type=Path, help="serving.json of benchmarks/h200_serving.py")
+    ap.add_argument(
+        "json", type=Path, nargs="+", help="serving.json of benchmarks/h200_serving.py (several: merged)"
+    )
     ap.add_argument("--summary", type=Path, help="write the summary JSON here")
     ap.add_argument("--md", type=Path, help="write the Markdown tables here")
     args = ap.parse_args()
-    result = json.loads(args.json.read_text())
+    result = merge([json.loads(p.read_text()) for p in args.json])
     tables, s = markdown(result), summary(result)
     if args.summary:
         args.summary.write_text(json.dumps(s, indent=1))
