@@ -122,14 +122,15 @@ def agreement(tokens: torch.Tensor, reference: torch.Tensor) -> int:
 def decode_variants(
     model, request: dict[str, Any], modes: list[str], steps: int, floor_ms: float | None = None
 ) -> list[dict[str, Any]]:
-    """Batch-1 decode of one request in each mode (CUDA graph where available), timed per step.
+    """Batch-1 decode of one request in each mode (CUDA graph where available): ``steps`` steps run
+    back to back after capture and timed together (no host synchronisation between steps).
 
     A mode that fails records its error and the others go on. ``tokens_agree`` counts the leading
     tokens equal to the first mode's (compiled kernels need not be bit-exact)."""
     rows, reference = [], None
     for mode in modes:
         try:
-            row = decoder_rate(model, [request], 1, steps, mode=mode, timed=True)
+            row = decoder_rate(model, [request], 1, steps, mode=mode)
         except Exception as e:  # recorded, the run goes on
             rows.append({"mode": mode, "error": f"{type(e).__name__}: {e}"[:500]})
             release(request["first"].device)
