@@ -124,154 +124,116 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
+#: Column specs: (header, row key or a function of the row, format).
+Columns = list[tuple[str, Any, str]]
+
+BATCH1: Columns = [
+    ("tokens", "tokens", "{}"),
+    ("mode", "mode", "{}"),
+    ("ms/token", "decode_ms", "{:.2f}"),
+    ("floor ms", "floor_ms", "{:.2f}"),
+    ("x floor", "x_floor", "{:.2f}"),
+    (
+        "tokens agree with plain",
+        lambda r: f"{r.get('tokens_agree', '-')}/{r.get('tokens_compared', '-')}",
+        "{}",
+    ),
+    ("setup s (capture, compile)", "setup_s", "{:.1f}"),
+]
+SERVING: Columns = [
+    ("method", "method", "{}"),
+    ("tokens", "tokens", "{}"),
+    ("largest batch", "max_batch", "{}"),
+    ("next tried (OOM)", "max_batch_failed_at", "{}"),
+    ("ms/step", "decode_ms", "{:.2f}"),
+    ("tokens/s", "tokens_per_s", "{:.0f}"),
+    ("TTFT s", "ttft_s", "{:.2f}"),
+    ("+peak prefill GiB", "prefill_peak_gib", "{:.1f}"),
+    ("cache MiB/request", "cache_mib_per_request", "{:.0f}"),
+]
+KVPRESS: Columns = [
+    ("method", "method", "{}"),
+    ("tokens", "tokens", "{}"),
+    ("per-layer kept (min-max)", lambda r: f"{_fmt(r.get('kept_min'))}-{_fmt(r.get('kept_max'))}", "{}"),
+    ("prefill s", "prefill_s", "{:.2f}"),
+    ("+peak GiB", "prefill_peak_gib", "{:.1f}"),
+    ("eager ms/token", "decode_eager_ms", "{:.2f}"),
+    ("tokens/s", "tokens_per_s", "{:.0f}"),
+]
+
+
+def _render(rows: list[dict[str, Any]], columns: Columns) -> str:
+    """A table of ``rows``; a failed or skipped row shows its error after its first two cells."""
+    body = []
+    for r in rows:
+        if not _ok(r):
+            note = (r.get("error") or r.get("skipped") or "")[:80]
+            body.append(
+                [_fmt(r.get(columns[0][1])), _fmt(r.get(columns[1][1])), note] + [""] * (len(columns) - 3)
+            )
+            continue
+        body.append([key(r) if callable(key) else _fmt(r.get(key), fmt) for _, key, fmt in columns])
+    return _table([h for h, _, _ in columns], body)
+
+
+def _profiles(profiles: list[dict[str, Any]]) -> str:
+    kinds = sorted({k for p in profiles for k in p.get("by_kind", {})})
+    columns: Columns = [
+        ("mode", "mode", "{}"),
+        ("tokens", "tokens", "{}"),
+        ("kernels/step", "kernels_per_step", "{:.0f}"),
+        ("kernel ms/step", "kernel_ms_per_step", "{:.2f}"),
+    ]
+    for k in kinds:
+        columns.append((f"{k} ms (n)", lambda p, k=k: _kind(p, k), "{}"))
+    return _render(profiles, columns)
+
+
+def _kind(profile: dict[str, Any], kind: str) -> str:
+    v = profile.get("by_kind", {}).get(kind)
+    return f"{v['ms']:.2f} ({v['count']:.0f})" if v else "-"
+
+
 def markdown(result: dict[str, Any]) -> str:
     """Every table of the run, in Markdown."""
-    parts = []
-    b1 = result.get("batch1", [])
-    parts.append("### Batch-1 decode, DynamicKV, by decode mode\n")
-    parts.append(
-        _table(
-            ["tokens", "mode", "ms/token", "floor ms", "x floor", "tokens agree with plain", "setup s"],
-            [
-                [
-                    _fmt(r.get("tokens")),
-                    r["mode"],
-                    _fmt(r.get("decode_ms")),
-                    _fmt(r.get("floor_ms")),
-                    _fmt(r.get("x_floor")),
-                    f"{r.get('tokens_agree', '-')}/{r.get('tokens_compared', '-')}",
-                    _fmt(r.get("setup_s"), "{:.1f}"),
-                ]
-                if _ok(r)
-                else [_fmt(r.get("tokens")), r["mode"], "error: " + r["error"][:80], "", "", "", ""]
-                for r in b1
-            ],
-        )
-    )
+    parts = ["### Batch-1 decode, DynamicKV, by decode mode\n", _render(result.get("batch1", []), BATCH1)]
     roof = result.get("roofline")
     if roof:
         parts.append("\n### GEMV roofline (batch 1) and kernel profile\n")
         parts.append(
-            f"A CUDA graph of only the step's {roof['gemv_kernels']} GEMVs ({roof['gemv_gib']:.2f} GiB of weights) "
-            f"takes {roof['gemv_ms']:.2f} ms ({roof['gemv_gbs']:.0f} GB/s; copy bandwidth "
-            f"{roof['copy_bandwidth_gbs']:.0f} GB/s, weights alone at copy bandwidth {roof['weights_floor_ms']:.2f} ms).\n"
+            f"A CUDA graph of only the step's {roof['gemv_kernels']} GEMVs ({roof['gemv_gib']:.2f} GiB of "
+            f"weights) takes {roof['gemv_ms']:.2f} ms ({roof['gemv_gbs']:.0f} GB/s; copy bandwidth "
+            f"{roof['copy_bandwidth_gbs']:.0f} GB/s, the weights at copy bandwidth {roof['weights_floor_ms']:.2f} ms).\n"
         )
-    profiles = result.get("profiles", [])
-    if profiles:
-        kinds = sorted({k for p in profiles for k in p.get("by_kind", {})})
-        parts.append(
-            _table(
-                ["mode", "tokens", "kernels/step", "kernel ms/step", *[f"{k} ms (n)" for k in kinds]],
-                [
-                    [
-                        p["mode"],
-                        _fmt(p.get("tokens")),
-                        _fmt(p.get("kernels_per_step"), "{:.0f}"),
-                        _fmt(p.get("kernel_ms_per_step")),
-                        *[
-                            f"{p['by_kind'][k]['ms']:.2f} ({p['by_kind'][k]['count']:.0f})"
-                            if k in p.get("by_kind", {})
-                            else "-"
-                            for k in kinds
-                        ],
-                    ]
-                    for p in profiles
-                    if "error" not in p
-                ],
-            )
-        )
-    serving = result.get("serving", [])
-    if serving:
-        parts.append("\n### Largest batch and decode throughput\n")
-        parts.append(
-            _table(
-                [
-                    "method",
-                    "tokens",
-                    "largest batch",
-                    "next tried (OOM)",
-                    "ms/step",
-                    "tokens/s",
-                    "TTFT s",
-                    "+peak prefill GiB",
-                    "cache MiB/request",
-                ],
-                [
-                    [
-                        r["method"],
-                        _fmt(r.get("tokens")),
-                        _fmt(r.get("max_batch")),
-                        _fmt(r.get("max_batch_failed_at")),
-                        _fmt(r.get("decode_ms")),
-                        _fmt(r.get("tokens_per_s"), "{:.0f}"),
-                        _fmt(r.get("ttft_s")),
-                        _fmt(r.get("prefill_peak_gib"), "{:.1f}"),
-                        _fmt(r.get("cache_mib_per_request"), "{:.0f}"),
-                    ]
-                    if _ok(r)
-                    else [
-                        r["method"],
-                        _fmt(r.get("tokens")),
-                        r.get("error", r.get("skipped", ""))[:80],
-                        *[""] * 6,
-                    ]
-                    for r in serving
-                ],
-            )
-        )
-    kv = result.get("kvpress", [])
-    if kv:
-        parts.append("\n### kvpress 0.5.5 (batch 1, own process)\n")
-        parts.append(
-            _table(
-                [
-                    "method",
-                    "tokens",
-                    "per-layer kept (min-max)",
-                    "prefill s",
-                    "+peak GiB",
-                    "eager ms/token",
-                    "tokens/s",
-                ],
-                [
-                    [
-                        r["method"],
-                        _fmt(r.get("tokens")),
-                        f"{_fmt(r.get('kept_min'))}-{_fmt(r.get('kept_max'))}",
-                        _fmt(r.get("prefill_s")),
-                        _fmt(r.get("prefill_peak_gib"), "{:.1f}"),
-                        _fmt(r.get("decode_eager_ms")),
-                        _fmt(1e3 / r["decode_eager_ms"] if r.get("decode_eager_ms") else None, "{:.0f}"),
-                    ]
-                    for r in kv
-                ],
-            )
-        )
-    s = summary(result)
+    if result.get("profiles"):
+        parts.append(_profiles(result["profiles"]))
+    if result.get("serving"):
+        parts += ["\n### Largest batch and decode throughput\n", _render(result["serving"], SERVING)]
+    if result.get("kvpress"):
+        parts += ["\n### kvpress 0.5.5 (batch 1, own process)\n", _render(result["kvpress"], KVPRESS)]
+    targets = summary(result)["targets"]
     parts.append("\n### Targets\n")
     parts.append(
         _table(
             ["target", "value", "bound", "met"],
-            [[k, _fmt(v["value"], "{:.3f}"), v["target"], _fmt(v["met"])] for k, v in s["targets"].items()],
+            [[k, _fmt(v["value"], "{:.3f}"), v["target"], _fmt(v["met"])] for k, v in targets.items()],
         )
     )
-    run = result.get("parts", {})
+    run = [{"part": k, **v} for k, v in result.get("parts", {}).items()]
     if run:
-        parts.append("\n### Parts of the run\n")
-        parts.append(
+        note = [("note", lambda r: (r.get("skipped") or r.get("error") or "")[:100], "{}")]
+        columns: Columns = [
+            ("part", "part", "{}"),
+            ("estimate s", "estimate_s", "{:.0f}"),
+            ("seconds", "seconds", "{:.1f}"),
+        ]
+        parts += [
+            "\n### Parts of the run\n",
             _table(
-                ["part", "estimate s", "seconds", "note"],
-                [
-                    [
-                        k,
-                        _fmt(v.get("estimate_s")),
-                        _fmt(v.get("seconds")),
-                        (v.get("skipped") or v.get("error") or "")[:100],
-                    ]
-                    for k, v in run.items()
-                ],
-            )
-        )
+                [h for h, _, _ in columns + note],
+                [[_fmt(r.get(k), f) for _, k, f in columns] + [note[0][1](r)] for r in run],
+            ),
+        ]
     return "\n".join(parts) + "\n"
 
 
