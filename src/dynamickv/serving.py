@@ -121,6 +121,8 @@ class BatchDecoder:
 
         if rows < 1 or max_new_tokens < 1:
             raise InputError("rows and max_new_tokens must be at least 1")
+        if mode not in MODES:
+            raise InputError(f"unknown decode mode {mode!r}; known: {', '.join(MODES)}")
         self.model = model
         config = model.config.get_text_config()
         n_layers = config.num_hidden_layers
@@ -143,8 +145,6 @@ class BatchDecoder:
         if graph and not one_cuda:
             raise UnsupportedModelError("CUDA graph decoding needs every layer on one CUDA device")
         self.graph_on = one_cuda if graph is None else graph
-        if mode not in MODES:
-            raise InputError(f"unknown decode mode {mode!r}; known: {', '.join(MODES)}")
         self.step_fn: FusedStep | None = None
         if mode == "auto":
             try:
