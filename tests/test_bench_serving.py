@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from dynamickv.bench_profile import decode_variants, gemv_roofline
+from dynamickv.bench_profile import decode_variants, gemv_roofline, profile_step
 from dynamickv.bench_serving import prefill, search_max_batch
 from dynamickv.bench_tables import markdown, merge, summary
 from tiny import one_thread, tiny_model
@@ -81,6 +81,8 @@ def test_decode_variants_agree_and_record_failures():
     assert "unknown decode mode" in rows[3]["error"]
     roof = gemv_roofline(model)
     assert roof["gemv_kernels"] == 4 * 8 + 1 and roof["gemv_ms"] > 0
+    profile = profile_step(model, req, "fused")  # on CPU: no kernels to see, the wall time only
+    assert profile["mode"] == "fused" and profile["eager_wall_ms_per_step"] > 0
 
 
 def _run():

@@ -72,44 +72,62 @@ def gemv_roofline(model: torch.nn.Module, repeats: int = 20) -> dict[str, Any]:
     return {"gemv_ms": ms, "gemv_gib": nbytes / GIB, "gemv_gbs": nbytes / ms / 1e6, "gemv_kernels": len(mats)}
 
 
-@torch.inference_mode()
-def profile_step(model, request: dict[str, Any], mode: str, steps: int = 3) -> dict[str, Any]:
-    """Kernels of ``steps`` uncaptured batch-1 steps in ``mode``: count and GPU time per step, by
-    kind, and the ten most expensive. (Kernel times are those a graph replays; the launch gaps
-    between them are what the graph removes.)"""
+def _kernels(run, steps: int, device: torch.device) -> tuple[list, float]:
+    """The GPU kernel events of ``run()`` (``steps`` steps) and its wall seconds per step."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    from .bench_serving import _Layers, _layers, prompt_slots
-
-    device = request["first"].device
-    decoder = BatchDecoder(model, 1, steps + 4, prompt_slots=prompt_slots([request]), graph=False, mode=mode)
-    decoder.add(_Layers(_layers(request)), request["first"])
-    decoder.decode(2)  # warm-up (compiled mode compiles here)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sync(device)
     with profile(activities=activities) as prof:
-        decoder.decode(steps)
+        t0 = time.perf_counter()
+        run()
         sync(device)
-    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
-    kinds: dict[str, dict[str, float]] = {}
-    names: dict[str, float] = {}
-    for e in kernels:
-        us = e.time_range.elapsed_us()
-        k = kinds.setdefault(kernel_kind(e.name), {"count": 0, "ms": 0.0})
-        k["count"] += 1 / steps
-        k["ms"] += us / 1e3 / steps
-        names[e.name] = names.get(e.name, 0.0) + us / 1e3 / steps
-    del decoder
-    release(device)
-    top = sorted(names.items(), key=lambda kv: -kv[1])[:10]
-    return {
-        "mode": mode,
-        "kernels_per_step": len(kernels) / steps,
-        "kernel_ms_per_step": sum(v["ms"] for v in kinds.values()),
-        "by_kind": kinds,
-        "top_kernels": [{"name": n[:120], "ms": ms} for n, ms in top],
-    }
+        wall = (time.perf_counter() - t0) / steps
+    return [e for e in prof.events() if e.device_type == DeviceType.CUDA], wall
+
+
+@torch.inference_mode()
+def profile_step(model, request: dict[str, Any], mode: str, steps: int = 3) -> dict[str, Any]:
+    """Kernels of ``steps`` uncaptured batch-1 steps in ``mode``: count and GPU time per step, by
+    kind, and the ten most expensive; then the same steps replayed from a CUDA graph (``graph_*``:
+    the kernels the profiler sees inside the replays, if it does, and the wall time per replay).
+    Kernel time summed against wall time per step shows what is latency between kernels."""
+    from .bench_serving import _Layers, _layers, prompt_slots
+
+    device = request["first"].device
+    out: dict[str, Any] = {"mode": mode}
+    for graph in (False, True) if device.type == "cuda" else (False,):
+        decoder = BatchDecoder(
+            model, 1, 2 * steps + 4, prompt_slots=prompt_slots([request]), graph=graph, mode=mode
+        )
+        decoder.add(_Layers(_layers(request)), request["first"])
+        decoder.decode(2)  # warm-up, capture (compiled mode compiles here)
+        kernels, wall = _kernels(lambda d=decoder: d.decode(steps), steps, device)
+        del decoder
+        release(device)
+        if graph:
+            out["graph_kernels_per_step"] = len(kernels) / steps
+            out["graph_kernel_ms_per_step"] = sum(e.time_range.elapsed_us() for e in kernels) / 1e3 / steps
+            out["graph_wall_ms_per_step"] = wall * 1e3
+            continue
+        kinds: dict[str, dict[str, float]] = {}
+        names: dict[str, float] = {}
+        for e in kernels:
+            us = e.time_range.elapsed_us()
+            k = kinds.setdefault(kernel_kind(e.name), {"count": 0, "ms": 0.0})
+            k["count"] += 1 / steps
+            k["ms"] += us / 1e3 / steps
+            names[e.name] = names.get(e.name, 0.0) + us / 1e3 / steps
+        top = sorted(names.items(), key=lambda kv: -kv[1])[:10]
+        out.update(
+            kernels_per_step=len(kernels) / steps,
+            kernel_ms_per_step=sum(v["ms"] for v in kinds.values()),
+            eager_wall_ms_per_step=wall * 1e3,
+            by_kind=kinds,
+            top_kernels=[{"name": n[:120], "ms": ms} for n, ms in top],
+        )
+    return out
 
 
 def agreement(tokens: torch.Tensor, reference: torch.Tensor) -> int:

@@ -183,6 +183,10 @@ def _profiles(profiles: list[dict[str, Any]]) -> str:
         ("tokens", "tokens", "{}"),
         ("kernels/step", "kernels_per_step", "{:.0f}"),
         ("kernel ms/step", "kernel_ms_per_step", "{:.2f}"),
+        ("uncaptured wall ms/step", "eager_wall_ms_per_step", "{:.2f}"),
+        ("graph: kernels seen", "graph_kernels_per_step", "{:.0f}"),
+        ("graph: kernel ms", "graph_kernel_ms_per_step", "{:.2f}"),
+        ("graph: wall ms/step", "graph_wall_ms_per_step", "{:.2f}"),
     ]
     for k in kinds:
         columns.append((f"{k} ms (n)", lambda p, k=k: _kind(p, k), "{}"))
