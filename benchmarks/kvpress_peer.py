@@ -7,6 +7,13 @@ prefill seconds, peak memory above the weights, cache bytes, eager decode ms/tok
 
 kvpress's package ``__init__`` imports every press, two of which import ``datasets`` or ``fire``
 (to download calibration data, or for a command line, neither used here); absent ones are stubbed.
+
+``PyramidKVPress`` builds a pyramid only when ``B / beta >= window_size`` (its ``min_num``); at its
+default window (64) and beta (20) that needs ``B >= 1280``, and below it silently keeps ``B`` tokens
+in every layer (uniform SnapKV). So it runs here with dynamickv's PyramidKV window (8) and kernel (7)
+and beta 20, which builds the pyramid at B = 1024; every row records the per-layer kept counts it
+measured, and a press that kept the same count in every layer is labelled ``...-uniform``.
+kvpress's pipeline compresses one context per call, so its rows are batch 1.
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ import time
 import types
 
 import torch
+
+#: PyramidKVPress at dynamickv's PyramidKV settings (window 8, kernel 7, beta 20): a real pyramid
+#: whenever B / 20 >= 8 (see the module docstring).
+PYRAMID = {"window_size": 8, "kernel_size": 7, "beta": 20}
 
 
 def main() -> None:
@@ -49,9 +60,9 @@ def main() -> None:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).eval()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     presses = {
-        "snapkv": kvpress.SnapKVPress,
-        "pyramidkv": kvpress.PyramidKVPress,
-        "streamingllm": kvpress.StreamingLLMPress,
+        "snapkv": (kvpress.SnapKVPress, {}),
+        "pyramidkv": (kvpress.PyramidKVPress, PYRAMID),
+        "streamingllm": (kvpress.StreamingLLMPress, {}),
     }
     for n in [int(x) for x in args.lengths.split(",")]:
         for name in args.methods.split(","):
@@ -67,7 +78,9 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             ids = torch.randint(0, config.vocab_size, (1, n), device="cuda")
-            press = presses[name](compression_ratio=1 - args.budget / n)
+            cls, options = presses[name]
+            press = cls(compression_ratio=1 - args.budget / n, **options)
+            row["press"] = f"{cls.__name__}({', '.join(f'{k}={v}' for k, v in options.items())})"
             try:
                 with torch.inference_mode():
                     torch.cuda.synchronize()
@@ -83,7 +96,12 @@ def main() -> None:
                         for layer in cache.layers
                         for t in (layer.keys, layer.values)
                     )
-                    row["kept_mean"] = sum(layer.keys.shape[-2] for layer in cache.layers) / len(cache.layers)
+                    kept = [layer.keys.shape[-2] for layer in cache.layers]
+                    row["kept_mean"] = sum(kept) / len(kept)
+                    row["kept_min"], row["kept_max"] = min(kept), max(kept)
+                    row["kept_per_layer"] = kept
+                    if name == "pyramidkv" and min(kept) == max(kept):
+                        row["method"] += "-uniform"  # it fell back to SnapKV's budget in every layer
                     tok = out.logits[:, -1:].argmax(-1)
                     del out
                     torch.cuda.reset_peak_memory_stats()
@@ -96,6 +114,8 @@ def main() -> None:
                         torch.cuda.synchronize()
                         times.append(time.perf_counter() - t0)
                     row["decode_eager_ms"] = statistics.median(times[3:]) * 1e3
+                    row["batch"] = 1
+                    row["tokens_per_s"] = 1e3 / row["decode_eager_ms"]
                     row["decode_peak_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
                     del cache, o
             except torch.OutOfMemoryError:

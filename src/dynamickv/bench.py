@@ -209,9 +209,10 @@ def measure(
         if method != "fullkv":
             _reset(device)
             times: list[float] = []
-            StaticDecoder(model, cache, steps + 1, graph=graph).generate(
-                first[:, 0], steps + 1, timings=times
-            )
+            decoder = StaticDecoder(model, cache, steps + 1, graph=graph)
+            decoder.generate(first[:, 0], steps + 1, timings=times)
+            row["decode_static_mode"] = decoder.decoder.mode
+            del decoder
             row["decode_static_ms"] = statistics.median(times[3:]) * 1e3
             row["decode_static_peak_gib"] = (_peak(device) - base) / 2**30
         del cache
@@ -295,26 +296,38 @@ def run_bench(
                 print(line, flush=True)
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
-    result = {
-        "meta": {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": torch.cuda.get_device_name()
-            if device.startswith("cuda")
-            else platform.processor() or "cpu",
-            "torch": torch.__version__,
-            "transformers": __import__("transformers").__version__,
-            "config": config,
-            "budget": budget,
-            "copy_bandwidth_gbs": bw / 1e9,
-            "weights_gib": weights / 2**30,
-            "command": " ".join(sys.argv),
-        },
-        "rows": rows,
-    }
+    result = {"meta": environment(config, budget, device, None, bw, weights), "rows": rows}
     if out:
         Path(out).write_text(json.dumps(result, indent=1))
     print_table(result)
     return result
+
+
+def environment(
+    config: str,
+    budget: int,
+    device: str,
+    model=None,
+    bandwidth: float | None = None,
+    weights: int | None = None,
+) -> dict[str, Any]:
+    """The run's metadata: date, device, versions, model shape, copy bandwidth, command."""
+    if weights is None:
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    bw = copy_bandwidth(device) if bandwidth is None else bandwidth
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name()
+        if device.startswith("cuda")
+        else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "config": config,
+        "budget": budget,
+        "copy_bandwidth_gbs": bw / 1e9,
+        "weights_gib": weights / 2**30,
+        "command": " ".join(sys.argv),
+    }
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -361,17 +374,54 @@ def register(app) -> None:
         kvpress_path: Annotated[str, typer.Option(help="PYTHONPATH holding kvpress + its transformers")] = "",
         kvpress_methods: Annotated[str, typer.Option()] = "snapkv,pyramidkv,streamingllm",
         out: Annotated[Path, typer.Option(help="JSON output")] = Path("bench.json"),
+        batch: Annotated[int, typer.Option(help="rows decoded together (> 1: the serving benchmark)")] = 1,
+        max_batch: Annotated[bool, typer.Option(help="find the largest batch that fits, per method")] = False,
+        distinct: Annotated[int, typer.Option(help="distinct prefilled requests copied over the rows")] = 2,
+        mode: Annotated[
+            str, typer.Option(help="decode step: auto, plain, functional, fused, compiled")
+        ] = "auto",
     ) -> None:
-        """Benchmark prefill, memory and decode against plain transformers (and kvpress)."""
+        """Benchmark prefill, memory and decode against plain transformers (and kvpress).
+
+        With --batch N (N > 1) or --max-batch: batched decode throughput and time to first token."""
         from .errors import InputError
+        from .serving import MODES
 
         if config not in CONFIGS:
             raise InputError(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
+        if mode not in MODES:
+            raise InputError(f"unknown decode mode {mode!r}; known: {', '.join(MODES)}")
+        if batch < 1 or distinct < 1:
+            raise InputError("--batch and --distinct must be at least 1")
+        try:
+            length_list = [int(x) for x in lengths.split(",")]
+        except ValueError:
+            raise InputError(f"--lengths must be comma-separated integers, got {lengths!r}") from None
+        method_list = [m for m in methods.split(",") if m]
+        if batch > 1 or max_batch:
+            from .bench_batch import serving_bench
+            from .methods import get_method
+
+            for m in method_list:
+                get_method(m)  # unknown names fail before the model is built
+            serving_bench(
+                config,
+                method_list,
+                budget,
+                length_list,
+                device,
+                None if max_batch else batch,
+                steps,
+                distinct,
+                mode,
+                out,
+            )
+            return
         run_bench(
             config,
-            [m for m in methods.split(",") if m],
+            method_list,
             budget,
-            [int(x) for x in lengths.split(",")],
+            length_list,
             device,
             steps,
             chunk,

@@ -61,24 +61,19 @@ def _attention(module: torch.nn.Module, query, key, value, attention_mask, **kwa
     else:
         inner = sdpa_attention_forward
     static = module.__dict__.get("_dynamickv_static")
-    if static is not None:  # fast-path decode: valid slots of the preallocated buffer
-        attention_mask = static.mask()
-        if impl == "eager":
-            zero = torch.zeros((), dtype=query.dtype, device=query.device)
-            attention_mask = torch.where(attention_mask, zero, torch.finfo(query.dtype).min)
-    elif (
-        attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-1] > key.shape[-2]
-    ):
+    if static is not None:  # a static decoder's buffers: it masks each row's unused slots itself
+        return static.attention(module, query, key, value, impl, inner, **kwargs)
+    if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-1] > key.shape[-2]:
         # A compressed layer shorter than the longest one: its tokens are the *last* mask columns.
         attention_mask = attention_mask[..., -key.shape[-2] :]
     key_mask = getattr(key, KEY_MASK_ATTR, None)
     if key_mask is not None:
         attention_mask = with_key_mask(attention_mask, key_mask, query, key, impl)
-    if static is None and query.is_cuda and query.shape[-2] != key.shape[-2]:
+    if query.is_cuda and query.shape[-2] != key.shape[-2]:
         # Decoding: every step changes each layer's key length, and with compressed layers of
         # different lengths every layer has its own; the cuDNN SDPA backend builds a new plan for
         # each new shape (measured: ~45 ms of CPU per call on an H100), so leave it out here.
-        # (The static decoder keeps it: its shapes never change, and there cuDNN is fastest.)
+        # (The static decoders keep it: their shapes never change.)
         with sdpa_kernel(_DECODE_BACKENDS):
             out = inner(module, query, key, value, attention_mask, **kwargs)
     else:

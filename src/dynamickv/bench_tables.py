@@ -1,0 +1,278 @@
+"""Tables and the summary of a serving benchmark run, computed from its JSON (never typed in).
+
+``python -m dynamickv.bench_tables serving.json [more.json] --summary h200_summary.json --md tables.md``
+regenerates the Markdown tables of ``docs/benchmarks.md`` and ``docs/results/gpu/h200_summary.json``
+from ``benchmarks/h200_serving.py``'s output. Every figure, ratio and "met" flag here is derived
+from measured rows; a figure whose rows are missing (a part skipped or failed) is ``None``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+#: The issue's targets: (summary key, comparison, bound).
+TARGETS = (
+    ("throughput_ratio_32k", ">=", 10.0),
+    ("decode_static_x_floor", "<=", 1.3),
+    ("prefill_ratio_128k", "<=", 1.02),
+    ("prefill_peak_vs_kvpress_snapkv_128k", "<=", 0.6),
+    ("context_512k_runs", "==", True),
+)
+
+
+def _lengths(result: dict[str, Any]) -> dict[str, int]:
+    return result.get("meta", {}).get("lengths") or {"32k": 32768, "128k": 131072, "512k": 524288}
+
+
+def _ok(row: dict[str, Any]) -> bool:
+    return "error" not in row and "skipped" not in row
+
+
+def _exact(row: dict[str, Any]) -> bool:
+    return row.get("tokens_agree") == row.get("tokens_compared")
+
+
+def best_throughput(rows: list[dict[str, Any]], tokens: int, full: bool) -> dict[str, Any] | None:
+    """The row with the most decode tokens/s at ``tokens`` among full-KV rows or compressed ones."""
+    pick = [
+        r
+        for r in rows
+        if r.get("tokens") == tokens
+        and _ok(r)
+        and r.get("tokens_per_s")
+        and r["method"].startswith("fullkv") == full
+    ]
+    return max(pick, key=lambda r: r["tokens_per_s"], default=None)
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures and the targets, from the measured rows."""
+    lengths = _lengths(result)
+    out: dict[str, Any] = {
+        "date": result.get("meta", {}).get("date"),
+        "device": result.get("meta", {}).get("device"),
+    }
+    b1 = [r for r in result.get("batch1", []) if _ok(r) and r.get("x_floor")]
+    at128 = [r for r in b1 if r["tokens"] == lengths["128k"] and r["method"] == "dynamickv"]
+    exact = [r for r in at128 if _exact(r)]
+    best = min(exact, key=lambda r: r["x_floor"], default=None)
+    out["decode_static_x_floor"] = best["x_floor"] if best else None
+    out["decode_static_mode"] = best["mode"] if best else None
+    out["decode_static_ms_128k"] = best["decode_ms"] if best else None
+    out["decode_x_floor_by_mode_128k"] = {r["mode"]: r["x_floor"] for r in at128}
+    out["decode_tokens_agree_by_mode_128k"] = {
+        r["mode"]: f"{r['tokens_agree']}/{r['tokens_compared']}" for r in at128
+    }
+    serving = result.get("serving", [])
+    for name in ("32k", "128k"):
+        comp = best_throughput(serving, lengths[name], full=False)
+        full = best_throughput(serving, lengths[name], full=True)
+        ratio = comp["tokens_per_s"] / full["tokens_per_s"] if comp and full else None
+        out[f"throughput_ratio_{name}"] = ratio
+        out[f"throughput_best_compressed_{name}"] = _brief(comp)
+        out[f"throughput_best_fullkv_{name}"] = _brief(full)
+        out[f"max_batch_{name}"] = {
+            r["method"]: r.get("max_batch") for r in serving if r.get("tokens") == lengths[name] and _ok(r)
+        }
+    prefills = {(p["method"], p["tokens"]): p for p in result.get("prefill", [])}
+    dyn, plain = prefills.get(("dynamickv", lengths["128k"])), prefills.get(("fullkv-plain", lengths["128k"]))
+    out["prefill_ratio_128k"] = dyn["ttft_s"] / plain["ttft_s"] if dyn and plain else None
+    snap = [
+        r
+        for r in result.get("kvpress", [])
+        if r.get("method") == "kvpress-snapkv" and r.get("tokens") == lengths["128k"]
+    ]
+    snap_peak = snap[0].get("prefill_peak_gib") if snap else None
+    out["prefill_peak_vs_kvpress_snapkv_128k"] = (
+        dyn["prefill_peak_gib"] / snap_peak if dyn and snap_peak else None
+    )
+    long = [r for r in b1 if r["tokens"] == lengths["512k"]]
+    long_prefill = prefills.get(("dynamickv", lengths["512k"]))
+    attempted = "long_512k" in result.get("parts", {}) and "skipped" not in result["parts"]["long_512k"]
+    out["context_512k_runs"] = bool(long and long_prefill) if attempted else None  # None: not measured
+    if long_prefill:
+        out["context_512k"] = {
+            "prefill_s": long_prefill["ttft_s"],
+            "prefill_peak_gib": long_prefill["prefill_peak_gib"],
+            "decode_ms": long[0]["decode_ms"] if long else None,
+        }
+    out["targets"] = {}
+    for key, op, bound in TARGETS:
+        v = out.get(key)
+        met = None if v is None else (v >= bound if op == ">=" else v <= bound if op == "<=" else v == bound)
+        out["targets"][key] = {"value": v, "target": f"{op} {bound}", "met": met}
+    return out
+
+
+def _brief(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {k: row.get(k) for k in ("method", "rows", "tokens_per_s", "decode_ms", "mode")}
+
+
+def _fmt(v: Any, f: str = "{:.2f}") -> str:
+    if v is None:
+        return "-"
+    return f.format(v) if isinstance(v, float) else str(v)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+#: Column specs: (header, row key or a function of the row, format).
+Columns = list[tuple[str, Any, str]]
+
+BATCH1: Columns = [
+    ("tokens", "tokens", "{}"),
+    ("mode", "mode", "{}"),
+    ("ms/token", "decode_ms", "{:.2f}"),
+    ("floor ms", "floor_ms", "{:.2f}"),
+    ("x floor", "x_floor", "{:.2f}"),
+    (
+        "tokens agree with plain",
+        lambda r: f"{r.get('tokens_agree', '-')}/{r.get('tokens_compared', '-')}",
+        "{}",
+    ),
+    ("setup s (capture, compile)", "setup_s", "{:.1f}"),
+]
+SERVING: Columns = [
+    ("method", "method", "{}"),
+    ("tokens", "tokens", "{}"),
+    ("largest batch", "max_batch", "{}"),
+    ("next tried (OOM)", "max_batch_failed_at", "{}"),
+    ("ms/step", "decode_ms", "{:.2f}"),
+    ("tokens/s", "tokens_per_s", "{:.0f}"),
+    ("TTFT s", "ttft_s", "{:.2f}"),
+    ("+peak prefill GiB", "prefill_peak_gib", "{:.1f}"),
+    ("cache MiB/request", "cache_mib_per_request", "{:.0f}"),
+]
+KVPRESS: Columns = [
+    ("method", "method", "{}"),
+    ("tokens", "tokens", "{}"),
+    ("per-layer kept (min-max)", lambda r: f"{_fmt(r.get('kept_min'))}-{_fmt(r.get('kept_max'))}", "{}"),
+    ("prefill s", "prefill_s", "{:.2f}"),
+    ("+peak GiB", "prefill_peak_gib", "{:.1f}"),
+    ("eager ms/token", "decode_eager_ms", "{:.2f}"),
+    ("tokens/s", "tokens_per_s", "{:.0f}"),
+]
+
+
+def _render(rows: list[dict[str, Any]], columns: Columns) -> str:
+    """A table of ``rows``; a failed or skipped row shows its error after its first two cells."""
+    body = []
+    for r in rows:
+        if not _ok(r):
+            note = (r.get("error") or r.get("skipped") or "")[:80]
+            body.append(
+                [_fmt(r.get(columns[0][1])), _fmt(r.get(columns[1][1])), note] + [""] * (len(columns) - 3)
+            )
+            continue
+        body.append([key(r) if callable(key) else _fmt(r.get(key), fmt) for _, key, fmt in columns])
+    return _table([h for h, _, _ in columns], body)
+
+
+def _profiles(profiles: list[dict[str, Any]]) -> str:
+    kinds = sorted({k for p in profiles for k in p.get("by_kind", {})})
+    columns: Columns = [
+        ("mode", "mode", "{}"),
+        ("tokens", "tokens", "{}"),
+        ("kernels/step", "kernels_per_step", "{:.0f}"),
+        ("kernel ms/step", "kernel_ms_per_step", "{:.2f}"),
+        ("uncaptured wall ms/step", "eager_wall_ms_per_step", "{:.2f}"),
+        ("graph: kernels seen", "graph_kernels_per_step", "{:.0f}"),
+        ("graph: kernel ms", "graph_kernel_ms_per_step", "{:.2f}"),
+        ("graph: wall ms/step", "graph_wall_ms_per_step", "{:.2f}"),
+    ]
+    for k in kinds:
+        columns.append((f"{k} ms (n)", lambda p, k=k: _kind(p, k), "{}"))
+    return _render(profiles, columns)
+
+
+def _kind(profile: dict[str, Any], kind: str) -> str:
+    v = profile.get("by_kind", {}).get(kind)
+    return f"{v['ms']:.2f} ({v['count']:.0f})" if v else "-"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """Every table of the run, in Markdown."""
+    parts = ["### Batch-1 decode, DynamicKV, by decode mode\n", _render(result.get("batch1", []), BATCH1)]
+    roof = result.get("roofline")
+    if roof:
+        parts.append("\n### GEMV roofline (batch 1) and kernel profile\n")
+        parts.append(
+            f"A CUDA graph of only the step's {roof['gemv_kernels']} GEMVs ({roof['gemv_gib']:.2f} GiB of "
+            f"weights) takes {roof['gemv_ms']:.2f} ms ({roof['gemv_gbs']:.0f} GB/s; copy bandwidth "
+            f"{roof['copy_bandwidth_gbs']:.0f} GB/s, the weights at copy bandwidth {roof['weights_floor_ms']:.2f} ms).\n"
+        )
+    if result.get("profiles"):
+        parts.append(_profiles(result["profiles"]))
+    if result.get("serving"):
+        parts += ["\n### Largest batch and decode throughput\n", _render(result["serving"], SERVING)]
+    if result.get("kvpress"):
+        parts += ["\n### kvpress 0.5.5 (batch 1, own process)\n", _render(result["kvpress"], KVPRESS)]
+    targets = summary(result)["targets"]
+    parts.append("\n### Targets\n")
+    parts.append(
+        _table(
+            ["target", "value", "bound", "met"],
+            [[k, _fmt(v["value"], "{:.3f}"), v["target"], _fmt(v["met"])] for k, v in targets.items()],
+        )
+    )
+    run = [{"part": k, **v} for k, v in result.get("parts", {}).items()]
+    if run:
+        note = [("note", lambda r: (r.get("skipped") or r.get("error") or "")[:100], "{}")]
+        columns: Columns = [
+            ("part", "part", "{}"),
+            ("estimate s", "estimate_s", "{:.0f}"),
+            ("seconds", "seconds", "{:.1f}"),
+        ]
+        parts += [
+            "\n### Parts of the run\n",
+            _table(
+                [h for h, _, _ in columns + note],
+                [[_fmt(r.get(k), f) for _, k, f in columns] + [note[0][1](r)] for r in run],
+            ),
+        ]
+    return "\n".join(parts) + "\n"
+
+
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs (e.g. the main call and a separate ``--parts long_512k`` call) as one: row lists
+    concatenated, parts and the roofline taken from the later run where both have them."""
+    out: dict[str, Any] = {"meta": dict(results[0].get("meta", {})), "parts": {}}
+    for r in results:
+        for key, value in r.items():
+            if isinstance(value, list):
+                out.setdefault(key, []).extend(value)
+            elif key == "parts":
+                out["parts"].update(value)
+            elif key != "meta":
+                out[key] = value
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument(
+        "json", type=Path, nargs="+", help="serving.json of benchmarks/h200_serving.py (several: merged)"
+    )
+    ap.add_argument("--summary", type=Path, help="write the summary JSON here")
+    ap.add_argument("--md", type=Path, help="write the Markdown tables here")
+    args = ap.parse_args()
+    result = merge([json.loads(p.read_text()) for p in args.json])
+    tables, s = markdown(result), summary(result)
+    if args.summary:
+        args.summary.write_text(json.dumps(s, indent=1))
+    if args.md:
+        args.md.write_text(tables)
+    print(tables)
+    print(json.dumps(s, indent=1))
+
+
+if __name__ == "__main__":
+    main()

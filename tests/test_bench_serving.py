@@ -1,0 +1,158 @@
+"""The serving benchmark: ``bench --batch`` through the real CLI, the max-batch search, decode-mode
+variants, and the summary figures computed from a run's JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dynamickv.bench_profile import decode_variants, gemv_roofline, profile_step
+from dynamickv.bench_serving import prefill, search_max_batch
+from dynamickv.bench_tables import markdown, merge, summary
+from tiny import one_thread, tiny_model
+
+single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "dynamickv.cli", *args], capture_output=True, text=True)
+
+
+def test_bench_batch_runs_on_the_tiny_config(tmp_path):
+    out = tmp_path / "serving.json"
+    proc = _cli(
+        "bench", "--config", "tiny", "--device", "cpu", "--batch", "3", "--lengths", "160",
+        "--methods", "fullkv,dynamickv", "--budget", "48", "--steps", "4", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["fullkv-plain", "fullkv", "dynamickv"]
+    for r in rows:
+        assert r["rows"] == 3 and r["tokens_per_s"] > 0 and r["ttft_s"] > 0 and "error" not in r
+    assert rows[2]["kept_mean"] == 48 and rows[2]["cache_mib_per_request"] < rows[0]["cache_mib_per_request"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--batch", "2", "--methods", "nope"], "unknown method 'nope'"),
+        (["--batch", "2", "--mode", "turbo"], "unknown decode mode 'turbo'"),
+    ],
+)
+def test_bench_batch_bad_arguments_one_line(args, message):
+    proc = _cli("bench", "--config", "tiny", "--device", "cpu", *args)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1
+    assert lines[0].startswith("error: ") and message in lines[0]
+
+
+@pytest.mark.parametrize("limit,estimate", [(100, 60), (100, 300), (7, 7), (1, 50)])
+def test_max_batch_search_finds_the_largest_that_fits(limit, estimate):
+    def trial(rows):
+        if rows > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return {"rows": rows}
+
+    found = search_max_batch(trial, estimate, tolerance=0.0, max_trials=20)
+    assert found["rows"] == limit and found["best"] == {"rows": limit}
+    assert found["failed_at"] == limit + 1
+
+
+def test_max_batch_search_raises_other_errors():
+    def trial(rows):
+        raise ValueError("not memory")
+
+    with pytest.raises(ValueError):
+        search_max_batch(trial, 8)
+
+
+def test_decode_variants_agree_and_record_failures():
+    model = tiny_model("llama")
+    ids = torch.randint(3, 256, (1, 200), generator=torch.Generator().manual_seed(2))
+    req = prefill(model, "dynamickv", 48, ids)
+    rows = decode_variants(model, req, ["plain", "fused", "functional", "bogus"], 6, floor_ms=1.0)
+    assert [r["mode"] for r in rows[:3]] == ["plain", "fused", "functional"]
+    for r in rows[:3]:
+        assert r["tokens_agree"] == r["tokens_compared"] == 8 and r["x_floor"] == r["decode_ms"]
+    assert "unknown decode mode" in rows[3]["error"]
+    roof = gemv_roofline(model)
+    assert roof["gemv_kernels"] == 4 * 8 + 1 and roof["gemv_ms"] > 0
+    profile = profile_step(model, req, "fused")  # on CPU: no kernels to see, the wall time only
+    assert profile["mode"] == "fused" and profile["eager_wall_ms_per_step"] > 0
+
+
+def _run():
+    lengths = {"32k": 32768, "128k": 131072, "512k": 524288}
+
+    def b1(mode, ms, agree=64):
+        return {"method": "dynamickv", "tokens": 131072, "mode": mode, "decode_ms": ms, "floor_ms": 4.0,
+                "x_floor": ms / 4.0, "tokens_agree": agree, "tokens_compared": 64}  # fmt: skip
+
+    def serve(method, tps, tokens=32768):
+        return {"method": method, "tokens": tokens, "tokens_per_s": tps, "max_batch": 10, "decode_ms": 1.0}
+
+    return {
+        "meta": {"lengths": lengths, "date": "d", "device": "gpu"},
+        "parts": {"long_512k": {"skipped": "time"}},
+        "batch1": [
+            b1("plain", 8.0),
+            b1("fused", 6.0),
+            b1("compiled", 4.8),
+            b1("compiled-wrong", 4.0, agree=30),
+        ],
+        "serving": [
+            serve("fullkv-plain", 500.0),
+            serve("fullkv", 900.0),
+            serve("dynamickv", 12000.0),
+            serve("snapkv", 13500.0),
+            {"method": "pyramidkv", "tokens": 32768, "error": "boom"},
+        ],
+        "prefill": [
+            {"method": "fullkv-plain", "tokens": 131072, "ttft_s": 10.0, "prefill_peak_gib": 30.0},
+            {"method": "dynamickv", "tokens": 131072, "ttft_s": 10.1, "prefill_peak_gib": 7.5},
+        ],
+        "kvpress": [
+            {"method": "kvpress-snapkv", "tokens": 131072, "prefill_peak_gib": 15.0, "decode_eager_ms": 40.0}
+        ],
+    }
+
+
+def test_summary_is_computed_from_the_rows():
+    s = summary(_run())
+    assert s["decode_static_x_floor"] == pytest.approx(1.2) and s["decode_static_mode"] == "compiled"
+    assert s["throughput_ratio_32k"] == pytest.approx(13500 / 900)
+    assert s["throughput_best_compressed_32k"]["method"] == "snapkv"
+    assert s["throughput_ratio_128k"] is None
+    assert s["prefill_ratio_128k"] == pytest.approx(1.01)
+    assert s["prefill_peak_vs_kvpress_snapkv_128k"] == pytest.approx(0.5)
+    assert s["context_512k_runs"] is None  # skipped: not measured, not failed
+    met = {k: v["met"] for k, v in s["targets"].items()}
+    assert met == {
+        "throughput_ratio_32k": True,
+        "decode_static_x_floor": True,
+        "prefill_ratio_128k": True,
+        "prefill_peak_vs_kvpress_snapkv_128k": True,
+        "context_512k_runs": None,
+    }
+    text = markdown(_run())
+    assert "| snapkv | 32768 | 10 |" in text and "boom" in text and "compiled-wrong" in text
+
+
+def test_runs_merge_into_one_summary():
+    main = _run()
+    main["parts"] = {"long_512k": {"skipped": "time"}}
+    long = {
+        "meta": {},
+        "parts": {"long_512k": {"seconds": 160.0}},
+        "batch1": [
+            {"method": "dynamickv", "tokens": 524288, "mode": "fused", "decode_ms": 5.0, "x_floor": 1.3}
+        ],
+        "prefill": [{"method": "dynamickv", "tokens": 524288, "ttft_s": 150.0, "prefill_peak_gib": 30.0}],
+    }
+    s = summary(merge([main, long]))
+    assert s["context_512k_runs"] is True and s["context_512k"]["prefill_s"] == 150.0
+    assert s["throughput_ratio_32k"] == pytest.approx(13500 / 900)
