@@ -175,6 +175,13 @@ def eval_command(
         ),
     ] = True,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="show a progress bar")] = True,
+    batch_decode: Annotated[
+        bool,
+        typer.Option(
+            "--batch-decode/--no-batch-decode",
+            help="raw protocol: decode a sample's compressed configurations together in one batch",
+        ),
+    ] = True,
 ) -> None:
     """Evaluate compression METHODS at BUDGETS (plus the FullKV reference) on a benchmark."""
     import time
@@ -232,7 +239,10 @@ def eval_command(
             if tokens is not None:
                 get_method(name).validate(tokens, num_layers=10**6)  # name may be a spec
     runner.check_out_dir(
-        out, {**config, "max_new_tokens": max_new_tokens}, resume, ignore=("num_samples", "samples_digest")
+        out,
+        {**config, "max_new_tokens": max_new_tokens},
+        resume,
+        ignore=("num_samples", "samples_digest", "batch_decode"),
     )
     records = None
     if benchmark in ("longbench", "longbench-e"):
@@ -283,6 +293,7 @@ def eval_command(
             config=config,
             windowkv_mode=windowkv_mode,
             protocol=protocol,
+            batch_decode=batch_decode,
             max_new_tokens=max_new_tokens,
             shared_prefill=shared_prefill,
             progress=progress,

@@ -122,6 +122,61 @@ def _decode(pipe: Any, ctx: Any, tail_ids: torch.Tensor, sample: Sample, max_new
     return tok.decode(out[0], skip_special_tokens=True)
 
 
+def _entry(uid, sample, c, name, params, ctx, prediction, scorer, tail_ids) -> dict[str, Any]:
+    """A prediction record (timings added by the caller)."""
+    from dynamickv.cache import cache_bytes, kept_tokens_per_layer, kept_tokens_per_layer_head
+
+    n_head = ctx.input_ids.shape[-1]
+    entry = {
+        "uid": uid,
+        "task": sample.task,
+        "method": c.method,
+        "budget": c.budget_value,
+        "prediction": prediction,
+        "answers": list(sample.answers),
+        "score": scorer.sample(sample, prediction),
+        "kept_tokens_per_layer": kept_tokens_per_layer(ctx.cache),
+        "kept_tokens_per_layer_head": kept_tokens_per_layer_head(ctx.cache),
+        "layer_budgets": list(ctx.stats.layer_budgets),
+        "kv_bytes": cache_bytes(ctx.cache),
+        "prompt_tokens": int(n_head + tail_ids.shape[-1]),
+        "compressed_tokens": int(n_head),
+    }
+    if name == "windowkv":
+        entry["windowkv_mode"] = ctx.stats.extra.get("mode")
+        entry["windowkv_mode_setting"] = params.get("mode", "auto")
+    return entry
+
+
+def _write(fh, entry: dict[str, Any], records: list, done: set, c: Configuration) -> None:
+    fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+    records.append(entry)
+    done.add((entry["uid"], c.method, c.budget_key))
+
+
+def batched_predictions(
+    model: torch.nn.Module, tokenizer: Any, contexts: Sequence[Any], max_new_tokens: int, device: torch.device
+) -> list[str]:
+    """Greedy answers of several compressed caches of the same prompt, decoded together.
+
+    Under the ``raw`` protocol every configuration of a sample starts from the same first token (the
+    prefill's own prediction) at the same position, so their caches are rows of one
+    :class:`~dynamickv.serving.BatchDecoder` (each row keeps its own per-layer and per-head counts;
+    padding is masked). On CPU the answers equal decoding each alone, token for token
+    (``tests/test_eval_batched.py``); on a GPU, batched bf16 kernels may round differently.
+    """
+    from dynamickv.serving import BatchDecoder
+
+    eos = model.generation_config.eos_token_id
+    first = contexts[0].last_logits.argmax(-1).to(device)
+    decoder = BatchDecoder(model, len(contexts), max_new_tokens, eos_token_id=eos, mode="plain")
+    rows = [decoder.add(ctx.cache, first, max_new_tokens)[0] for ctx in contexts]
+    decoder.run()
+    return [tokenizer.decode(decoder.pop(r).tolist(), skip_special_tokens=True) for r in rows]
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -177,9 +232,12 @@ def run(
     model_name: str | None = None,
     shard: Shard | None = None,
     protocol: str = DEFAULT_PROTOCOL,
+    batch_decode: bool = True,
 ) -> dict[str, Any]:
     """Evaluate every configuration of ``methods x budgets`` (plus FullKV) on ``samples``; return the metrics.
 
+    ``batch_decode``: under the ``raw`` protocol with a shared prefill, decode a sample's compressed
+    configurations together (:func:`batched_predictions`; FullKV, the reference, is decoded alone).
     ``protocol`` says what is compressed and what is fed after it (:data:`dynamickv.eval.prompts.PROTOCOLS`;
     default ``"raw"``, the papers'); it is stored in ``config.json`` and stated in ``summary.md``.
 
@@ -188,7 +246,6 @@ def run(
     ``shard`` (see :mod:`dynamickv.eval.distributed`): under ``torchrun`` every rank calls ``run`` with the
     same arguments and its own shard; each decodes its share of the samples, rank 0 merges the files.
     """
-    from dynamickv.cache import cache_bytes, kept_tokens_per_layer, kept_tokens_per_layer_head
     from dynamickv.compressor import compressible_layers
     from dynamickv.methods import get_method, parse_method_spec
     from dynamickv.pipeline import CompressedContext, Pipeline
@@ -215,6 +272,7 @@ def run(
         {
             **config,
             "protocol": protocol,
+            "batch_decode": bool(batch_decode and protocol == "raw" and shared_prefill),
             "max_new_tokens": max_new_tokens,
             "num_samples": len(samples),
             "samples_digest": samples_digest(samples),
@@ -298,6 +356,13 @@ def run(
                 record = record_prefill(model, head_ids, observation_queries=observation_queries)
                 _sync(device)
                 prefill_seconds = time.perf_counter() - t0
+            batched = (
+                batch_decode
+                and record is not None
+                and tail_ids.shape[-1] == 0
+                and not sample.meta.get("stop_on_newline")
+            )
+            pending_entries: list[tuple[Configuration, str, dict, Any, float]] = []
             for c in todo:
                 bar.update(bar_task, description=f"{uid} {c.label}")
                 name = parse_method_spec(c.method)[0]
@@ -312,39 +377,36 @@ def run(
                 else:
                     pipe = Pipeline(model, tokenizer, name, budget, **params)
                     ctx = pipe.prefill(head_ids)
-                kv = cache_bytes(ctx.cache)
-                kept = kept_tokens_per_layer(ctx.cache)
+                if batched and c.method != REFERENCE:
+                    _sync(device)
+                    pending_entries.append((c, name, params, ctx, time.perf_counter() - t0))
+                    continue
                 prediction = _decode(pipe, ctx, tail_ids, sample, new_tokens)
                 _sync(device)
-                seconds = time.perf_counter() - t0
-                entry = {
-                    "uid": uid,
-                    "task": sample.task,
-                    "method": c.method,
-                    "budget": c.budget_value,
-                    "prediction": prediction,
-                    "answers": list(sample.answers),
-                    "score": scorer.sample(sample, prediction),
-                    "kept_tokens_per_layer": kept,
-                    "kept_tokens_per_layer_head": kept_tokens_per_layer_head(ctx.cache),
-                    "layer_budgets": list(ctx.stats.layer_budgets),
-                    "kv_bytes": kv,
-                    "prompt_tokens": int(n_head + tail_ids.shape[-1]),
-                    "compressed_tokens": int(n_head),
-                    "seconds": seconds,
-                    "prefill_seconds": prefill_seconds,
-                    "device": device_name,
-                }
-                if name == "windowkv":
-                    entry["windowkv_mode"] = ctx.stats.extra.get("mode")
-                    entry["windowkv_mode_setting"] = params.get("mode", "auto")
-                fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-                records.append(entry)
-                done.add((uid, c.method, c.budget_key))
+                entry = _entry(uid, sample, c, name, params, ctx, prediction, scorer, tail_ids)
+                entry.update(
+                    seconds=time.perf_counter() - t0, prefill_seconds=prefill_seconds, device=device_name
+                )
+                _write(fh, entry, records, done, c)
                 bar.advance(bar_task)
                 del ctx
+            if pending_entries:
+                t0 = time.perf_counter()
+                predictions = batched_predictions(
+                    model, tokenizer, [e[3] for e in pending_entries], new_tokens, device
+                )
+                share = (time.perf_counter() - t0) / len(pending_entries)
+                for (c, name, params, ctx, derive_seconds), prediction in zip(pending_entries, predictions):
+                    entry = _entry(uid, sample, c, name, params, ctx, prediction, scorer, tail_ids)
+                    entry.update(
+                        seconds=derive_seconds + share,
+                        prefill_seconds=prefill_seconds,
+                        device=device_name,
+                        decode="batched",
+                    )
+                    _write(fh, entry, records, done, c)
+                    bar.advance(bar_task)
+                del pending_entries
             if record is not None:
                 record.release()
             del record

@@ -1,0 +1,46 @@
+"""Decoding a sample's configurations together (raw protocol) gives each one's own answer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("tokenizers")
+
+from evalkit import eval_model, eval_tokenizer, make_samples, run_grid
+from tiny import one_thread
+
+METHODS = ["snapkv:window=8", "pyramidkv", "dynamickv", "adakv:window=8", "streamingllm", "windowkv"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    yield from one_thread()
+
+
+def _predictions(path):
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    return {(r["uid"], r["method"], r["budget"]): r for r in rows}
+
+
+def test_batched_decoding_equals_decoding_each_alone(tmp_path):
+    tok = eval_tokenizer()
+    model = eval_model(tok)
+    model.generation_config.eos_token_id = 7  # some rows stop early, the others go on
+    samples = make_samples(3, seed=4)
+    for s in samples:
+        s.max_new_tokens = 12
+    kw = dict(methods=METHODS, budgets=[40, 64], protocol="raw")
+    run_grid(samples, model, tok, tmp_path / "one", batch_decode=False, **kw)
+    run_grid(samples, model, tok, tmp_path / "batch", batch_decode=True, **kw)
+    one = _predictions(tmp_path / "one" / "predictions.jsonl")
+    batch = _predictions(tmp_path / "batch" / "predictions.jsonl")
+    assert one.keys() == batch.keys()
+    for key, r in one.items():
+        assert batch[key]["prediction"] == r["prediction"], key
+        assert batch[key]["kept_tokens_per_layer"] == r["kept_tokens_per_layer"]
+        assert batch[key].get("decode") == (None if key[1] == "fullkv" else "batched")
+    answers = {r["prediction"] for r in one.values()}
+    assert len(answers) > 3  # the configurations really answer differently
+    assert json.loads((tmp_path / "batch" / "config.json").read_text())["batch_decode"] is True
