@@ -98,7 +98,7 @@ def test_method_specs_name_ablations():
         parse_method_spec("zip:window=8")
     with pytest.raises(BudgetError, match="unknown parameter 'windw'"):
         parse_method_spec("snapkv:windw=8")
-    with pytest.raises(BudgetError, match="not a int"):
+    with pytest.raises(BudgetError, match="not an integer"):
         parse_method_spec("snapkv:window=eight")
     with pytest.raises(BudgetError, match="expected name=value"):
         parse_method_spec("snapkv:window")

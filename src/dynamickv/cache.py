@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from .errors import UsageError
+
 
 @dataclass
 class _LayerGroup:
@@ -39,6 +41,9 @@ class CompressedLayer(DynamicLayer):
     """
 
     is_sliding = False
+    #: The layer's sliding window ``W`` (``None``: full attention). Set by the compressor on layers of
+    #: models whose every layer slides (Mistral-7B-v0.1, Phi-3-mini): see :mod:`dynamickv.sliding`.
+    sliding_window: int | None = None
 
     def __init__(
         self,
@@ -89,10 +94,42 @@ class CompressedLayer(DynamicLayer):
 
     # -- transformers cache-layer protocol ---------------------------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not _blocks_active():
+            raise UsageError(
+                "this cache was compressed by dynamickv and can only be extended inside a "
+                "`with compress(model, ...)` block (or through Pipeline.answer): outside it the model's "
+                "attention does not know that each layer holds different tokens"
+            )
+        first = self.seen
+        generated = self.keys.shape[-2] - self.prompt_kept
         self.seen += key_states.shape[-2]
-        self.keys = torch.cat([self.keys, key_states], dim=-2)
-        self.values = torch.cat([self.values, value_states], dim=-2)
-        return self.keys, self.values
+        keys = torch.cat([self.keys, key_states], dim=-2)
+        values = torch.cat([self.values, value_states], dim=-2)
+        self.keys, self.values = keys, values
+        if self.sliding_window is None:
+            return keys, values
+        return self._slide(keys, values, first, generated, key_states.shape[-2])
+
+    def _slide(self, keys, values, first: int, generated: int, queries: int):
+        """A sliding layer's step: mask what each query can no longer see, free what no one will."""
+        from .compressor import attach_key_mask
+        from .sliding import window_key_mask
+
+        mask = window_key_mask(self.positions, generated, first, queries, int(self.sliding_window))
+        self.free_outside_window()
+        return (keys if mask is None else attach_key_mask(keys, mask)), values
+
+    def free_outside_window(self) -> None:
+        """Drop the stored tokens no future query can see any more (sliding layers; the columns every
+        row and head has left behind)."""
+        from .sliding import evictable
+
+        generated = self.keys.shape[-2] - self.prompt_kept
+        prompt, gen = evictable(self.positions, generated, self.seen, int(self.sliding_window))
+        if prompt or gen:
+            self.keys, self.values = self.keys[:, :, prompt + gen :], self.values[:, :, prompt + gen :]
+            self.positions = self.positions[:, :, prompt:]
+            self.prompt_kept -= prompt
 
     def get_seq_length(self, *args, **kwargs) -> int:
         return self.seen
@@ -120,7 +157,22 @@ class CompressedLayer(DynamicLayer):
         """A new layer sharing this one's tensors (they are never written in place)."""
         layer = CompressedLayer(self.keys, self.values, self.positions, self.seen, group)
         layer.prompt_kept = self.prompt_kept
+        layer.sliding_window = self.sliding_window
         return layer
+
+
+#: Number of ``compress`` blocks currently entered (any model): a compressed layer is only extended
+#: inside one, where the attention wrapper aligns masks to its kept tokens.
+_ACTIVE_BLOCKS = [0]
+
+
+def _blocks_active() -> bool:
+    return _ACTIVE_BLOCKS[0] > 0
+
+
+def block_entered(delta: int) -> None:
+    """Count a ``compress`` block in (``+1``) or out (``-1``); called by the compressor only."""
+    _ACTIVE_BLOCKS[0] = max(0, _ACTIVE_BLOCKS[0] + delta)
 
 
 def cache_kwarg(model: torch.nn.Module) -> str:
@@ -169,7 +221,9 @@ def full_cache_bytes(cache: Cache) -> int:
     for layer in cache.layers:
         if isinstance(layer, CompressedLayer):
             b, h, _, d = layer.keys.shape
-            total += 2 * b * h * d * layer.seen * layer.keys.element_size()
+            # an uncompressed sliding layer holds the last W - 1 tokens (transformers' sliding layer)
+            held = layer.seen if layer.sliding_window is None else min(layer.seen, layer.sliding_window - 1)
+            total += 2 * b * h * d * held * layer.keys.element_size()
         else:
             for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
                 if isinstance(t, torch.Tensor):

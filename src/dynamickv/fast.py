@@ -118,6 +118,14 @@ class StaticDecoder:
             raise UnsupportedModelError("the static decoder needs every layer compressed (no sliding layers)")
         if any(layer.keys.shape[-2] != layer.prompt_kept for layer in cache.layers):
             raise RuntimeError("the static decoder starts right after prefill")
+        for layer in cache.layers:  # its buffers never mask a token leaving a sliding window
+            window = layer.sliding_window
+            if window is not None and int(layer.positions.min()) <= layer.seen + max_new_tokens - window:
+                raise UnsupportedModelError(
+                    f"decoding {max_new_tokens} tokens would move kept tokens out of the sliding window "
+                    f"({window}); the static decoder does not mask them: decode with model.generate "
+                    "inside compress, or fewer tokens"
+                )
         device = cache.layers[0].keys.device
         # one step counter per device the layers live on (device_map splits), advanced together
         self.steps = {
