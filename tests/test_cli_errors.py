@@ -78,15 +78,14 @@ NO_CUDA = not torch.cuda.is_available()
         (["eval", "ruler", "--out", "OUT", "--attn", "flash_attention_2"], "is not supported"),
         (["eval", "ruler", "--out", "OUT", "--methods", "windowkv:omega=x"], "windowkv.omega"),
         (["eval", "ruler", "--out", "OUT", "--methods", "pyramidkv:beta=inf"], "not a finite number"),
-        pytest.param(
-            ["generate", "CTX", "--device", "cuda"],
-            "CUDA is not available",
-            marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA"),
-        ),
-        pytest.param(
-            ["eval", "ruler", "--out", "OUT", "--device", "cuda:0"],
-            "CUDA is not available",
-            marks=pytest.mark.skipif(not NO_CUDA, reason="this machine has CUDA"),
+        *(
+            pytest.param(
+                args, "CUDA is not available", marks=pytest.mark.skipif(not NO_CUDA, reason="has CUDA")
+            )
+            for args in (
+                ["generate", "CTX", "--device", "cuda"],
+                ["eval", "ruler", "--out", "OUT", "--device", "cuda:0"],
+            )
         ),
     ],
 )

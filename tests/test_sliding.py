@@ -17,7 +17,6 @@ from dynamickv import compress
 from dynamickv.cache import CompressedLayer, cache_kwarg, compressed_layers, fork_cache
 from dynamickv.compressor import attach_key_mask, compressed_window, compressible_layers
 from dynamickv.methods import METHODS
-from dynamickv.replay import derive_cache, record_prefill
 from tiny import one_thread, tiny_model
 
 W = 48  # the tiny models' window: prompts of 40 (inside it) and 100 tokens (past it)
@@ -160,24 +159,6 @@ def test_multi_token_continuation_respects_the_window(family):
         for t in range(question.shape[-1]):
             single.append(model(input_ids=question[:, t : t + 1], use_cache=True, **{kw: step_cache}).logits)
     torch.testing.assert_close(block, torch.cat(single, 1), atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("family", SLIDING)
-def test_replay_equals_live_compression(family):
-    """The evaluation's one-prefill-every-configuration path selects the same tokens on sliding layers."""
-    model = sliding_model(family)
-    ids = prompt(100, seed=6)
-    record = record_prefill(model, ids)
-    for name in METHODS:
-        for budget in (40, "0.36"):  # a ratio is a share of the prompt (36), not of the window
-            cache, _ = derive_cache(record, name, budget)
-            with compress(model, name, budget):
-                live = model(input_ids=ids, use_cache=True).past_key_values
-            a, b = compressed_layers(live), compressed_layers(cache)
-            assert a.keys() == b.keys()
-            for i in a:
-                assert torch.equal(a[i].positions, b[i].positions), (name, budget)
-                assert b[i].sliding_window == W
 
 
 def test_padded_batch_with_budget_covering_the_prompt_equals_uncompressed():

@@ -115,7 +115,8 @@ class CompressedLayer(DynamicLayer):
         from .compressor import attach_key_mask
         from .sliding import window_key_mask
 
-        mask = window_key_mask(self.positions, generated, first, queries, int(self.sliding_window))
+        low, _ = self._column_bounds()
+        mask = window_key_mask(self.positions, low, generated, first, queries, int(self.sliding_window))
         self.free_outside_window()
         return (keys if mask is None else attach_key_mask(keys, mask)), values
 
@@ -124,12 +125,24 @@ class CompressedLayer(DynamicLayer):
         row and head has left behind)."""
         from .sliding import evictable
 
+        low, high = self._column_bounds()
         generated = self.keys.shape[-2] - self.prompt_kept
-        prompt, gen = evictable(self.positions, generated, self.seen, int(self.sliding_window))
+        prompt, gen = evictable(high, generated, self.seen, int(self.sliding_window))
         if prompt or gen:
             self.keys, self.values = self.keys[:, :, prompt + gen :], self.values[:, :, prompt + gen :]
             self.positions = self.positions[:, :, prompt:]
             self.prompt_kept -= prompt
+            self._bounds = (self.positions, low[prompt:], high[prompt:])
+
+    def _column_bounds(self) -> tuple[list[int], list[int]]:
+        """:func:`dynamickv.sliding.column_bounds` of the current ``positions``, read from the device
+        once per selection (not once per decoding step)."""
+        from .sliding import column_bounds
+
+        cached = self.__dict__.get("_bounds")
+        if cached is None or cached[0] is not self.positions:
+            cached = self._bounds = (self.positions, *column_bounds(self.positions))
+        return cached[1], cached[2]
 
     def get_seq_length(self, *args, **kwargs) -> int:
         return self.seen
@@ -158,6 +171,7 @@ class CompressedLayer(DynamicLayer):
         layer = CompressedLayer(self.keys, self.values, self.positions, self.seen, group)
         layer.prompt_kept = self.prompt_kept
         layer.sliding_window = self.sliding_window
+        layer.__dict__["_bounds"] = self.__dict__.get("_bounds")  # same positions tensor
         return layer
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
 
 from .errors import ModelFileError
@@ -26,6 +27,34 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.mo
 _SOURCE_FILE = "dynamickv_source.json"
 _MAX_HEADER = 100 * 2**20  # safetensors refuses headers above 100 MB too
 _SAMPLES, _BLOCK = 16, 64 * 1024
+
+#: What reading a model's files raises when they are corrupt or not what they claim to be, beyond
+#: what the checks below see (reported as one line, the original exception chained).
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    RuntimeError,
+    EOFError,
+    struct.error,
+)
+try:
+    from safetensors import SafetensorError
+
+    READ_ERRORS = (*READ_ERRORS, SafetensorError)
+except ImportError:  # pragma: no cover - safetensors comes with transformers
+    pass
+
+
+def describe_read_error(exc: BaseException) -> str:
+    """``Type: first line of the message`` of an exception raised while reading model files."""
+    name = type(exc).__name__
+    if name == "error":  # struct.error and friends
+        name = f"{type(exc).__module__}.error"
+    text = str(exc).strip()
+    return f"{name}: {text.splitlines()[0]}" if text else name
 
 
 def converted_hint(model_dir: Path) -> str:

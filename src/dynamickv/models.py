@@ -30,7 +30,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dynamickv.errors import DynamicKVError, ModelFileError, ModelNotFoundError
-from dynamickv.modelfiles import check_gguf, check_model_dir, converted_hint
+from dynamickv.modelfiles import READ_ERRORS, check_gguf, check_model_dir, converted_hint, describe_read_error
 
 if TYPE_CHECKING:  # transformers takes seconds to import; the CLI's --help should not pay for it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -65,26 +64,6 @@ _CACHE_FORMAT = 1
 _HASH_CHUNK = 8 * 1024 * 1024
 #: Files fetched for a hub id: weights as safetensors only, plus config/tokenizer/chat template files.
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-#: What reading a model's files raises when they are corrupt or not what they claim to be (besides
-#: the checks of :mod:`dynamickv.modelfiles`): reported as one line, the original chained.
-_READ_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, RuntimeError, EOFError, struct.error)
-try:
-    from safetensors import SafetensorError
-
-    _READ_ERRORS = (*_READ_ERRORS, SafetensorError)
-except ImportError:  # pragma: no cover - safetensors comes with transformers
-    pass
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: first line of the message`` of an exception raised while reading model files."""
-    name = type(exc).__name__
-    if name == "error":  # struct.error and friends
-        name = f"{type(exc).__module__}.error"
-    text = str(exc).strip()
-    return f"{name}: {text.splitlines()[0]}" if text else name
-
-
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}$")
 
 
@@ -322,10 +301,10 @@ def _convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool) -> None:
             tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)[
                 "tensors"
             ]
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         raise ModelFileError(
             f"cannot read the GGUF file {gguf_path} (truncated, corrupt or an unsupported architecture): "
-            f"{_describe(exc)}"
+            f"{describe_read_error(exc)}"
         ) from exc
     result = model.load_state_dict(tensors, strict=False, assign=True)
     del tensors
@@ -703,11 +682,11 @@ def load_model(
                 attn_implementation=attn_implementation,
                 **({"device_map": "auto"} if auto else {}),
             )
-    except _READ_ERRORS as exc:
+    except READ_ERRORS as exc:
         if isinstance(exc, torch.OutOfMemoryError):  # not the files' fault
             raise
         raise ModelFileError(
-            f"cannot load the model in {model_dir}: {_describe(exc)}{converted_hint(model_dir)}"
+            f"cannot load the model in {model_dir}: {describe_read_error(exc)}{converted_hint(model_dir)}"
         ) from exc
     if not auto:
         model.to(torch.device(device))

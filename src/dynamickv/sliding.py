@@ -22,6 +22,8 @@ cross-layer methods (PyramidKV, DynamicKV, WindowKV) compare and redistribute bu
 
 from __future__ import annotations
 
+import bisect
+
 import torch
 
 
@@ -53,22 +55,37 @@ def restrict_to_window(
     return restricted, min(n_eff, window - 1)
 
 
+def column_bounds(positions: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Per storage column, the smallest and largest kept position over rows and heads (host lists,
+    both increasing, since every head's positions are sorted): read once, so that a decoding step
+    decides what to mask and what to free without waiting for the device."""
+    if positions.numel() == 0:
+        return [], []
+    both = torch.stack([positions.amin(dim=(0, 1)), positions.amax(dim=(0, 1))]).tolist()
+    return both[0], both[1]
+
+
 def window_key_mask(
-    positions: torch.Tensor, generated: int, first_query: int, queries: int, window: int
+    positions: torch.Tensor,
+    column_min: list[int],
+    generated: int,
+    first_query: int,
+    queries: int,
+    window: int,
 ) -> torch.Tensor | None:
     """Which stored keys each new query may see, ``[batch, kv_heads, queries, keys]`` bool, or ``None``
     when every stored key is inside every query's window (causal order is the model's mask's job).
 
-    The stored keys are the kept prompt tokens (``positions``, ``[batch, kv_heads, kept]``), then
-    ``generated`` earlier tokens at ``first_query - generated ..`` and the ``queries`` new ones at
-    ``first_query ..``.
+    The stored keys are the kept prompt tokens (``positions``, ``[batch, kv_heads, kept]``, whose
+    per-column minima are ``column_min``), then ``generated`` earlier tokens at ``first_query -
+    generated ..`` and the ``queries`` new ones at ``first_query ..``.
     """
-    device = positions.device
     oldest = first_query - generated
-    if positions.numel():
-        oldest = min(oldest, int(positions.min()))
+    if column_min:
+        oldest = min(oldest, column_min[0])
     if oldest > first_query + queries - 1 - window:  # visible to the last (and so every) query
         return None
+    device = positions.device
     lowest = torch.arange(queries, device=device) + first_query - window + 1  # oldest visible, per query
     b, h, _ = positions.shape
     prompt = positions.unsqueeze(2) >= lowest.view(1, 1, queries, 1)
@@ -77,15 +94,14 @@ def window_key_mask(
     return torch.cat([prompt, recent], dim=-1)
 
 
-def evictable(positions: torch.Tensor, generated: int, next_query: int, window: int) -> tuple[int, int]:
+def evictable(column_max: list[int], generated: int, next_query: int, window: int) -> tuple[int, int]:
     """``(prompt columns, generated columns)`` at the front of a layer's storage that no future query
-    of any row or head can see. Kept positions are sorted per head, so the largest position of each
-    column over rows and heads increases along the columns and the droppable ones are a prefix."""
+    of any row or head can see: the prompt columns whose largest position is out of the window (a
+    prefix, since ``column_max`` increases), then, once no prompt column is left, the generated
+    tokens out of it."""
     lowest = next_query - window + 1
-    prompt = 0
-    if positions.numel():
-        prompt = int((positions.amax(dim=(0, 1)) < lowest).sum())
+    prompt = bisect.bisect_left(column_max, lowest)
     gen = 0
-    if prompt == positions.shape[-1]:  # generated tokens are younger than every prompt token
+    if prompt == len(column_max):  # generated tokens are younger than every prompt token
         gen = max(0, min(generated, lowest - (next_query - generated)))
     return prompt, gen

@@ -85,8 +85,11 @@ def _parameters(cls: type[Method]) -> dict[str, Any]:
 def _check_param(cls: type[Method], hints: dict[str, Any], pname: str, value: Any) -> Any:
     """``value`` for parameter ``pname`` of ``cls``: parsed when it is a string, type-checked otherwise."""
     if pname not in hints:
-        what = "is not used by" if pname in cls.unused else "is not a parameter of"
-        raise BudgetError(f"{cls.name}: {pname!r} {what} {cls.name}; its parameters: {sorted(hints)}")
+        if pname in cls.unused:
+            raise BudgetError(
+                f"{cls.name}: {pname!r} is not used by {cls.name}; its parameters: {sorted(hints)}"
+            )
+        raise BudgetError(f"{cls.name}: unknown parameter {pname!r}; known: {sorted(hints)}")
     annotation = hints[pname]
     where = f"{cls.name}.{pname}"
     if isinstance(value, str) and str not in _types(annotation):
