@@ -194,7 +194,8 @@ def test_resume_refuses_other_weights_at_the_same_path(capsys, tmp_path):
     model_dir = save_tiny_model(tmp_path / "model", max_position_embeddings=512)
     out = tmp_path / "out"
     args = ["eval", "longbench", "--tasks", "qasper", "--data-dir", _longbench_dir(tmp_path / "lb")]
-    args += ["--model", model_dir, "--methods", "snapkv", "--budgets", "40", "--out", out, "--no-progress"]
+    args += ["--model", model_dir, "--methods", "snapkv,windowkv:omega=8", "--budgets", "40", "--out", out]
+    args += ["--no-progress"]
     args += ["--max-input-tokens", "180", "--max-new-tokens", "4"]
     code, _, err = call(capsys, *args)
     assert code == 0, err
@@ -208,7 +209,8 @@ def test_resume_refuses_other_weights_at_the_same_path(capsys, tmp_path):
     line = one_error_line(err)
     assert "are not the ones the run was made with" in line and recorded in line
     lines = (out / runner.PREDICTIONS_FILE).read_text().splitlines()
-    assert len(lines) == 2  # fullkv + snapkv of the one sample, never appended to by the refused run
+    assert len(lines) == 3  # fullkv, snapkv, windowkv of the one sample; not appended to by the refusal
+    assert json.loads(lines[2])["method"] == "windowkv:omega=8"  # a None-default parameter, set
 
 
 def test_ruler_lengths_beyond_the_model_are_refused_before_generating(capsys, tiny_dir, tmp_path):

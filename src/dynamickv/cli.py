@@ -214,6 +214,8 @@ def run(args: list[str]) -> int:
         where = f"{ctx.command_path} --help" if ctx is not None else "dynamickv --help"
         return _fail(f"error: {exc.format_message().rstrip('.')} (see {where})", exc.exit_code)
     except OSError as exc:
+        if exc.errno == errno.EPIPE:  # the reader of stdout went away (`dynamickv methods | head -1`)
+            return 1
         if exc.errno not in _FILE_SYSTEM_ERRORS:
             raise
         return _fail(f"error: {exc.strerror}: {exc.filename or ''}".rstrip(": "), 1)
@@ -233,7 +235,7 @@ def _click_exceptions():
 
 
 #: ``OSError`` numbers that mean "the file system refused", not a bug: reported in one line.
-_FILE_SYSTEM_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EPIPE}
+_FILE_SYSTEM_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
 def _fail(message: str, status: int) -> int:
