@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -35,13 +38,94 @@ def test_methods_lists_every_method():
         (["--method", "windowkv", "--budget", "16"], "alpha"),
     ],
 )
-def test_bad_arguments_one_line(tmp_path, extra, message):
+def test_bad_arguments_one_line(tmp_path, capsys, extra, message):
+    """In-process through ``cli.run`` (what ``main`` exits with); the entry point itself is run below."""
+    from dynamickv import cli
+
     ctx = tmp_path / "c.txt"
     ctx.write_text("hello world")
-    out = run("generate", "--context-file", str(ctx), "-q", "why?", *extra)
-    assert out.returncode == 2
-    assert message in out.stderr
-    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert cli.run(["generate", "--context-file", str(ctx), "-q", "why?", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args,status,message",
+    [
+        ([], 2, "error: missing command"),
+        (["generate", "-c", "x.txt", "-q", "x", "--max-new-tokens", "abc"], 2, "Invalid value"),
+    ],
+)
+def test_entry_point_usage_errors(args, status, message):
+    """The real entry point with the installed typer (which bundles its own click)."""
+    out = run(*args)
+    assert out.returncode == status
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "Traceback" not in out.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    out = run("--debug", "generate", "-c", str(tmp_path), "-q", "x")
+    assert out.returncode == 1 and "Traceback" in out.stderr and "is a directory" in out.stderr
+
+
+def test_ctrl_c_during_generate_exits_130(tmp_path):
+    """SIGINT while ``generate`` runs (here: reading its context from a pipe) exits 130, one line."""
+    fifo = tmp_path / "context"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dynamickv.cli", "generate", "-c", str(fifo), "-q", "x"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # the write end opens once generate has opened the pipe: it is inside the command
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                time.sleep(0.1)
+        os.write(fd, b"the beginning of a long document")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        os.close(fd)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err.strip() == "interrupted" and "Traceback" not in err
+
+
+def test_a_second_eval_into_the_same_out_is_refused(tmp_path, capsys):
+    """Another process holds ``--out``: refused with its pid; once it is killed (-9), the lock is free."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from dynamickv.eval.runlock import run_lock\n"
+            "lock = run_lock(sys.argv[1]); lock.__enter__(); print('locked', flush=True); time.sleep(300)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = run("eval", "ruler", "--out", str(out))
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        assert f"another dynamickv eval is writing into {out} (pid {holder.pid}" in second.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    from dynamickv import cli
+
+    assert cli.run(["eval", "mmlu", "--out", str(out)]) == 2  # got past the lock, stopped at the benchmark
+    assert "unknown benchmark" in capsys.readouterr().err
 
 
 def test_missing_context_file(tmp_path):
@@ -49,14 +133,16 @@ def test_missing_context_file(tmp_path):
     assert out.returncode == 2 and "context file not found" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_unknown_model_offline(tmp_path, monkeypatch):
+def test_unknown_model_offline(tmp_path, monkeypatch, capsys):
+    from dynamickv import cli
+
     ctx = tmp_path / "c.txt"
     ctx.write_text("hello world")
-    import os
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DYNAMICKV_CACHE": str(tmp_path)}
-    out = run("generate", "--context-file", str(ctx), "-q", "x", "--model", "someone/not-a-model", env=env)
-    assert out.returncode == 2 and "not found" in out.stderr and "Traceback" not in out.stderr
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DYNAMICKV_CACHE", str(tmp_path))
+    assert cli.run(["generate", "--context-file", str(ctx), "-q", "x", "--model", "someone/not-a-model"]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "Traceback" not in err
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@
 from that code, not from ours, with the fixes ``docs/methods.md`` documents applied:
 
 * a layer is never cut to more than it holds (their slice ``k_cache[:, :, :fix_length]`` then runs
-  into the window and duplicates it);
+  into the window and duplicates it): the excess goes to the other layers in proportion, so the
+  budget adds up;
 * a re-allocation also runs after the last layer when ``L`` is not a multiple of ``m`` (theirs only
   after layers with ``l % 4 == 3``), and ``m`` is a parameter.
 
@@ -34,6 +35,30 @@ B, H, D = 2, 3, 8
 def topk(x, k):
     """``torch.topk`` with ties to the lower index (see the module docstring)."""
     return torch.sort(x, descending=True, stable=True)[1][:k]
+
+
+def water_fill(budgets, caps):
+    """The fix for shares above what a layer holds, written plainly: cap those layers, give the excess
+    to the others in proportion to their budgets (repeat while one overflows), round by the largest
+    remainder (ties to the lower layer) so the total is kept."""
+    total = min(sum(budgets), sum(caps))
+    fixed = {}
+    while True:
+        free = [j for j in range(len(budgets)) if j not in fixed]
+        left = total - sum(fixed.values())
+        weight = sum(budgets[j] for j in free)
+        share = {j: (budgets[j] if weight else 1) * left / (weight or len(free)) for j in free}
+        over = [j for j in free if share[j] > caps[j]]
+        if not over:
+            break
+        fixed.update({j: caps[j] for j in over})
+    out = dict(fixed)
+    floors = {j: int(share[j]) for j in free}
+    missing = left - sum(floors.values())
+    for j in sorted(free, key=lambda j: (-(share[j] - floors[j]), j))[:missing]:
+        floors[j] += 1
+    out.update(floors)
+    return [out[j] for j in range(len(budgets))]
 
 
 def authors_update(scores, n, budget, window=8, r_max=10, m=4):
@@ -64,9 +89,10 @@ def authors_update(scores, n, budget, window=8, r_max=10, m=4):
         fix = [int(k // ss) for k in fix]
         if sum(fix) != base * L:
             fix[-1] += base * L - sum(fix)
+        fix = [min(f, n - window) for f in fix]
+        fix = water_fill(fix, [len(h[0]) for h in held])  # the fix: never past what is held
         for j in range(len(held)):
-            length = min(fix[j], n - window, len(held[j][0]))  # the fix: never past what is held
-            held[j] = [cand[:length] for cand in held[j]]
+            held[j] = [cand[: fix[j]] for cand in held[j]]
     return [[sorted(c) + list(range(n - window, n)) for c in layer] for layer in held]
 
 

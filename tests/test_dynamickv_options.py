@@ -88,3 +88,20 @@ def test_floor_gives_every_layer_its_minimum():
     assert min(k.shape[-1] - 8 for k in kept) >= 16
     plain, _ = run_method(get_method("dynamickv"), obs, 40)
     assert min(k.shape[-1] for k in plain) < min(k.shape[-1] for k in kept)
+
+
+def test_head_adaptive_dynamickv_counts_add_up_and_differ_per_head():
+    """Layer + head adaptive: each layer's total is DynamicKV's layer budget, split unevenly."""
+    obs = make_obs(400, 8, queries=8, seed=6)
+    uniform, m = run_method(get_method("dynamickv", allocation="candidates"), obs, 40)
+    adaptive, a = run_method(get_method("dynamickv", allocation="candidates", heads="adaptive"), obs, 40)
+    assert m.budgets() == a.budgets()  # the layer allocation is the same ...
+
+    def per_head(k):
+        return [[len(k[b][h]) if isinstance(k, list) else k.shape[-1] for h in range(2)] for b in range(2)]
+
+    split = [per_head(k) for k in adaptive]
+    assert any(len({c for row in s for c in row}) > 1 for s in split)  # ... heads differ ...
+    for s, budget in zip(split, a.budgets()):
+        for row in s:
+            assert sum(row) == 2 * budget  # ... and each layer's heads share its budget exactly

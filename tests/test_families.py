@@ -60,7 +60,7 @@ def test_kept_tokens_match_model_attention(family):
             assert pos[h].tolist() == top_positions(scores[i][h], 32) + list(range(N - 32, N))
     # DynamicKV: the progressive re-allocation over the compressed layers
     scores = _reference_scores(model, ids, 8, 7, "avg")
-    with compress(model, "dynamickv", 24):
+    with compress(model, "dynamickv", 24, allocation="candidates"):
         cache = model(ids, use_cache=True).past_key_values
     ref = reference_dynamickv_from_scores([scores[i] for i in layers], N, 24)
     for j, i in enumerate(layers):
@@ -129,13 +129,21 @@ def test_right_padding_is_rejected():
         model.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3"])
-def test_replay_equals_live_compression(family):
-    model = tiny_model(family)
+@pytest.mark.parametrize(
+    "family,overrides", [("llama", {}), ("gemma3", {}), ("mistral", {"sliding_window": 48})]
+)
+def test_replay_equals_live_compression(family, overrides):
+    """Deriving a configuration from one recorded prefill equals compressing live, on sliding layers
+    too (the record keeps the whole prompt; a ratio budget is a share of the prompt, not of the window:
+    0.12 of 300 is 36, of the 47 visible tokens it would be below SnapKV's window and refused)."""
+    model = tiny_model(family, **overrides)
     ids = prompt(n=300)
     record = record_prefill(model, ids)
     for name in METHODS:
-        for budget in (40, 100):
+        sliding_heads = "sliding_window" in overrides and getattr(METHODS[name](), "heads", "") == "adaptive"
+        for budget in (40, 100, "0.12"):
+            if sliding_heads and budget != 100:  # refused in one line (tests/test_sliding.py)
+                continue
             cache, _ = derive_cache(record, name, budget)
             with compress(model, name, budget):
                 live = model(input_ids=ids, use_cache=True).past_key_values
@@ -144,6 +152,7 @@ def test_replay_equals_live_compression(family):
             for i in a:
                 assert torch.equal(a[i].positions, b[i].positions)
                 assert torch.equal(a[i].keys, b[i].keys) and torch.equal(a[i].values, b[i].values)
+                assert a[i].sliding_window == b[i].sliding_window == overrides.get("sliding_window")
 
 
 def test_unsupported_architecture_and_attention():

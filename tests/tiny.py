@@ -120,3 +120,16 @@ def essay_tokenizer(essays: slice, chat: bool = False, name: str | None = None):
     if chat:
         fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def save_tiny_model(path, family: str = "llama", **overrides):
+    """A tiny model folder as users have them (``config.json``, ``model.safetensors``, tokenizer files),
+    with a word tokenizer over ``w0 .. w253`` (the model's 256 ids)."""
+    from pathlib import Path
+
+    path = Path(path)
+    model = tiny_model(family, **overrides)
+    model.generation_config.eos_token_id = None  # answers run to max_new_tokens
+    model.save_pretrained(path)
+    word_tokenizer([f"w{i}" for i in range(254)], join_with_spaces=True).save_pretrained(path)
+    return path

@@ -14,9 +14,11 @@ from .errors import (
     BudgetError,
     DynamicKVError,
     InputError,
+    ModelFileError,
     ModelNotFoundError,
     UnknownMethodError,
     UnsupportedModelError,
+    UsageError,
 )
 from .methods import METHODS, Method, get_method
 
@@ -32,10 +34,12 @@ __all__ = [
     "DynamicKVError",
     "InputError",
     "Method",
+    "ModelFileError",
     "ModelNotFoundError",
     "PrefillStats",
     "UnknownMethodError",
     "UnsupportedModelError",
+    "UsageError",
     "cache_bytes",
     "compress",
     "get_method",

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from .errors import UsageError
+
 
 @dataclass
 class _LayerGroup:
@@ -39,6 +41,9 @@ class CompressedLayer(DynamicLayer):
     """
 
     is_sliding = False
+    #: The layer's sliding window ``W`` (``None``: full attention). Set by the compressor on layers of
+    #: models whose every layer slides (Mistral-7B-v0.1, Phi-3-mini): see :mod:`dynamickv.sliding`.
+    sliding_window: int | None = None
 
     def __init__(
         self,
@@ -112,10 +117,50 @@ class CompressedLayer(DynamicLayer):
 
     # -- transformers cache-layer protocol ---------------------------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        require_block()
+        first = self.seen
+        generated = self.keys.shape[-2] - self.prompt_kept
         self.seen += key_states.shape[-2]
-        self.keys = torch.cat([self.keys, key_states], dim=-2)
-        self.values = torch.cat([self.values, value_states], dim=-2)
-        return self.keys, self.values
+        keys = torch.cat([self.keys, key_states], dim=-2)
+        values = torch.cat([self.values, value_states], dim=-2)
+        self.keys, self.values = keys, values
+        if self.sliding_window is None:
+            return keys, values
+        return self._slide(keys, values, first, generated, key_states.shape[-2])
+
+    def _slide(self, keys, values, first: int, generated: int, queries: int):
+        """A sliding layer's step: mask what each query can no longer see, free what no one will."""
+        from .compressor import attach_key_mask
+        from .sliding import window_key_mask
+
+        low, _ = self._column_bounds()
+        mask = window_key_mask(self.positions, low, generated, first, queries, int(self.sliding_window))
+        self.free_outside_window()
+        return (keys if mask is None else attach_key_mask(keys, mask)), values
+
+    def free_outside_window(self) -> None:
+        """Drop the stored tokens no future query can see any more (sliding layers; the columns every
+        row and head has left behind)."""
+        from .sliding import evictable
+
+        low, high = self._column_bounds()
+        generated = self.keys.shape[-2] - self.prompt_kept
+        prompt, gen = evictable(high, generated, self.seen, int(self.sliding_window))
+        if prompt or gen:
+            self.keys, self.values = self.keys[:, :, prompt + gen :], self.values[:, :, prompt + gen :]
+            self.positions = self.positions[:, :, prompt:]
+            self.prompt_kept -= prompt
+            self._bounds = (self.positions, low[prompt:], high[prompt:])
+
+    def _column_bounds(self) -> tuple[list[int], list[int]]:
+        """:func:`dynamickv.sliding.column_bounds` of the current ``positions``, read from the device
+        once per selection (not once per decoding step)."""
+        from .sliding import column_bounds
+
+        cached = self.__dict__.get("_bounds")
+        if cached is None or cached[0] is not self.positions:
+            cached = self._bounds = (self.positions, *column_bounds(self.positions))
+        return cached[1], cached[2]
 
     def get_seq_length(self, *args, **kwargs) -> int:
         return self.seen
@@ -143,7 +188,33 @@ class CompressedLayer(DynamicLayer):
         """A new layer sharing this one's tensors (they are never written in place)."""
         layer = CompressedLayer(self.keys, self.values, self.positions, self.seen, group)
         layer.prompt_kept = self.prompt_kept
+        layer.sliding_window = self.sliding_window
+        layer.__dict__["_bounds"] = self.__dict__.get("_bounds")  # same positions tensor
         return layer
+
+
+#: Number of ``compress`` blocks currently entered (any model): a compressed layer is only extended
+#: inside one, where the attention wrapper aligns masks to its kept tokens.
+_ACTIVE_BLOCKS = [0]
+
+
+def _blocks_active() -> bool:
+    return _ACTIVE_BLOCKS[0] > 0
+
+
+def require_block() -> None:
+    """Raise :class:`UsageError` unless a ``compress`` block is active (see ``CompressedLayer.update``)."""
+    if not _blocks_active():
+        raise UsageError(
+            "this cache was compressed by dynamickv and can only be extended inside a "
+            "`with compress(model, ...)` block (or through Pipeline.answer): outside it the model's "
+            "attention does not know that each layer holds different tokens"
+        )
+
+
+def block_entered(delta: int) -> None:
+    """Count a ``compress`` block in (``+1``) or out (``-1``); called by the compressor only."""
+    _ACTIVE_BLOCKS[0] = max(0, _ACTIVE_BLOCKS[0] + delta)
 
 
 def cache_kwarg(model: torch.nn.Module) -> str:
@@ -219,7 +290,9 @@ def full_cache_bytes(cache: Cache) -> int:
     for layer in cache.layers:
         if isinstance(layer, CompressedLayer):
             b, h = layer.batch_heads()
-            total += 2 * b * h * layer.head_dim() * layer.seen * layer.keys.element_size()
+            # an uncompressed sliding layer holds the last W - 1 tokens (transformers' sliding layer)
+            held = layer.seen if layer.sliding_window is None else min(layer.seen, layer.sliding_window - 1)
+            total += 2 * b * h * layer.head_dim() * held * layer.keys.element_size()
         else:
             for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
                 if isinstance(t, torch.Tensor):

@@ -1,11 +1,13 @@
 """The ``dynamickv`` command line.
 
-Errors the user can fix (unknown method, bad budget, missing file, unsupported model, ...) print
-one line and exit with status 2; set ``DYNAMICKV_DEBUG=1`` for the traceback.
+Errors the user can fix (unknown method, bad budget, missing file, unsupported model, a usage error
+of the command line, ...) print one line and exit with status 2; Ctrl-C exits with 130. ``--debug``
+(before the command) or ``DYNAMICKV_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -14,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from .errors import DynamicKVError, InputError
+from .errors import CommandInterrupted, DynamicKVError, InputError
 
 app = typer.Typer(
     add_completion=False,
@@ -26,6 +28,18 @@ app = typer.Typer(
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded name, HF id, local dir or .gguf file")]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... or auto (layers spread over all GPUs)")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
+AttnOpt = Annotated[str, typer.Option(help="attention implementation: sdpa or eager")]
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show the Python traceback of an error (or DYNAMICKV_DEBUG=1)")
+    ] = False,
+) -> None:
+    """Task-adaptive KV-cache compression (DynamicKV, WindowKV and baselines) for transformers models."""
+    if debug:
+        os.environ["DYNAMICKV_DEBUG"] = "1"
 
 
 def _dtype(name: str):
@@ -56,7 +70,9 @@ def methods(
 
 @app.command()
 def generate(
-    context_file: Annotated[Path, typer.Option("--context-file", "-c", help="text file with the context")],
+    context_file: Annotated[
+        Path, typer.Option("--context-file", "-c", help="text file with the context (- reads stdin)")
+    ],
     question: Annotated[str, typer.Option("--question", "-q", help="question about the context")],
     model: ModelOpt = "smollm2-135m",
     method: Annotated[str, typer.Option(help="see `dynamickv methods`")] = "dynamickv",
@@ -65,28 +81,41 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
-    attn: Annotated[str, typer.Option(help="attention implementation: sdpa or eager")] = "sdpa",
+    attn: AttnOpt = "sdpa",
+    truncate: Annotated[
+        str | None,
+        typer.Option(
+            help="a prompt longer than the model's context is refused; 'middle' cuts the middle of the "
+            "context instead (LongBench's rule: its first and last halves are kept)"
+        ),
+    ] = None,
 ) -> None:
     """Answer QUESTION about the text in CONTEXT_FILE from a compressed KV cache."""
     from .budget import parse_budget
     from .methods import get_method
+    from .options import check_attention, check_device, check_positive, check_truncate, read_context
 
     parsed = parse_budget(budget)  # fail fast, before loading a model
     if parsed.tokens is not None:
         get_method(method).validate(parsed.tokens, num_layers=10**6)
     else:
         get_method(method)
-    if not context_file.is_file():
-        raise InputError(f"context file not found: {context_file}")
-    context = context_file.read_text(encoding="utf-8", errors="replace")
-    if not context.strip():
-        raise InputError(f"context file is empty: {context_file}")
+    check_positive(max_new_tokens, "--max-new-tokens")
+    attn, device, truncate = check_attention(attn), check_device(device), check_truncate(truncate)
+    torch_dtype = _dtype(dtype)
+    context = read_context(context_file)
 
     from .models import load_model
     from .report import answer_report
 
-    mdl, tok = load_model(model, dtype=_dtype(dtype), device=device, attn_implementation=attn)
-    result = answer_report(mdl, tok, context, question, method, budget, max_new_tokens)
+    mdl, tok = load_model(model, dtype=torch_dtype, device=device, attn_implementation=attn)
+    result = answer_report(mdl, tok, context, question, method, budget, max_new_tokens, truncate=truncate)
+    if result.get("truncated_from"):
+        typer.echo(
+            f"note: the prompt was cut in the middle from {result['truncated_from']} to "
+            f"{result['prompt_tokens']} tokens to fit the model's context",
+            err=True,
+        )
     if as_json:
         typer.echo(json.dumps(result))
     else:
@@ -113,6 +142,18 @@ def demo(
     from rich.console import Console
     from rich.table import Table
 
+    from .budget import parse_budget
+    from .methods import get_method
+    from .options import check_positive
+
+    names = [m.strip() for m in methods_.split(",") if m.strip()]
+    if not names:
+        raise InputError("--methods is empty")
+    parsed = parse_budget(budget)  # every check before the model loads
+    for name in names:
+        get_method(name).validate(parsed.tokens or 10**9, num_layers=10**6)
+    check_positive(context_tokens, "--context-tokens")
+
     from .models import load_model
     from .report import answer_report, needle_prompt
 
@@ -122,7 +163,7 @@ def demo(
     table = Table(title=f"needle at 50% of ~{context_tokens} tokens, {model}, B={budget}")
     for col in ("method", "answer", "found", "kept/layer (min-max)", "KV MiB", "% of full", "prefill s"):
         table.add_column(col)
-    for name in [m.strip() for m in methods_.split(",") if m.strip()]:
+    for name in names:
         r = answer_report(mdl, tok, context, question, name, budget, 24)
         kept = r["kept_tokens_per_layer"]
         table.add_row(
@@ -151,26 +192,65 @@ _register_optional()
 
 
 def main() -> None:
-    """Entry point: run the app, turning library errors into one clean line."""
-    try:
-        app(standalone_mode=False)
-    except DynamicKVError as e:
-        if os.environ.get("DYNAMICKV_DEBUG"):
-            raise
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
+    """Entry point (the ``dynamickv`` script): run the app; every failure the user can fix is one line.
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        raise
+    Exit status: 0 success; 2 a usage error or bad input (``error: ...``); 130 interrupted (Ctrl-C);
+    1 a file system failure while running (disk full, read-only). ``--debug`` or ``DYNAMICKV_DEBUG=1``
+    shows the traceback instead.
+    """
+    sys.exit(run(sys.argv[1:]))
+
+
+def run(args: list[str]) -> int:
+    """Run the command line ``args``; return the exit status (printing what went wrong on stderr)."""
+    clicks = _click_exceptions()
+    try:
+        status = app(args=args, prog_name="dynamickv", standalone_mode=False)
+    except CommandInterrupted as exc:
+        return _fail(f"interrupted: {exc}", 130)
+    except (KeyboardInterrupt, typer.Abort, getattr(clicks, "Abort", typer.Abort)):
+        return _fail("interrupted", 130)
+    except DynamicKVError as exc:
+        return _fail(f"error: {exc}", 2)
+    except getattr(clicks, "NoArgsIsHelpError", ()) as exc:
+        if exc.format_message().strip():
+            typer.echo(exc.format_message(), err=True)
+        return _fail("error: missing command (see the list above, or dynamickv --help)", 2)
+    except clicks.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path} --help" if ctx is not None else "dynamickv --help"
+        return _fail(f"error: {exc.format_message().rstrip('.')} (see {where})", exc.exit_code)
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:  # the reader of stdout went away (`dynamickv methods | head -1`)
+            return 1
+        if exc.errno not in _FILE_SYSTEM_ERRORS:
+            raise
+        return _fail(f"error: {exc.strerror}: {exc.filename or ''}".rstrip(": "), 1)
+    if status == 130:  # typer turns Ctrl-C into an exit status of 130
+        return _fail("interrupted", 130)
+    return status if isinstance(status, int) else 0
+
+
+def _click_exceptions():
+    """The module of the click exceptions typer raises: the click copy bundled in recent typer
+    (``typer._click``), else click itself. Why: ``import click`` does not catch the bundled ones."""
+    import importlib
+
+    core = importlib.import_module("typer.core")
+    bundled = getattr(core, "_click", None)
+    return importlib.import_module((bundled.__name__ if bundled else "click") + ".exceptions")
+
+
+#: ``OSError`` numbers that mean "the file system refused", not a bug: reported in one line.
+_FILE_SYSTEM_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def _fail(message: str, status: int) -> int:
+    """Print ``message`` (or re-raise the exception being handled, with ``DYNAMICKV_DEBUG``)."""
+    if os.environ.get("DYNAMICKV_DEBUG") and sys.exc_info()[1] is not None:
+        raise sys.exc_info()[1]
+    typer.echo(message, err=True)
+    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,22 +25,24 @@ from typing import Any
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask, sdpa_mask
 
 from .budget import Budget, parse_budget
-from .cache import CompressedLayer, _LayerGroup, cache_kwarg, mean_kept, padding_tokens
-from .errors import InputError, UnsupportedModelError
+from .cache import CompressedLayer, _LayerGroup, block_entered, cache_kwarg, mean_kept, padding_tokens
+from .errors import InputError, UnsupportedModelError, UsageError
 from .methods import Method, PrefillInfo, get_method
 from .ragged import RaggedLayer
 from .scoring import Observation
 from .selection import KeepIndex, Selection
+from .sliding import layer_windows, restrict_to_window
 
 #: Model families this library is tested on (``config.model_type``).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 _PREFIX = "dynamickv_"
+_ACTIVE = "_dynamickv_compressor"  # the model's entered Compressor, in its __dict__
 _DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -97,7 +99,14 @@ def attach_key_mask(key: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     Why: a layer whose rows or KV heads hold different numbers of tokens (per-row budgets in a batch,
     head-adaptive budgets, sliding-window layers) stores them in a padded view for attention; the
     padding, or tokens a head must no longer see, are masked here, on top of the model's own mask.
+    A mask already attached to ``key`` is kept: the two are ANDed, so independent reasons to hide a
+    slot (a row's padding, a sliding window) compose.
     """
+    old = getattr(key, KEY_MASK_ATTR, None)
+    if old is not None:
+        mask = (old.unsqueeze(2) if old.dim() == 3 else old) & (
+            mask.unsqueeze(2) if mask.dim() == 3 else mask
+        )
     setattr(key, KEY_MASK_ATTR, mask)
     return key
 
@@ -234,6 +243,11 @@ class _Session:
                 f"layers {missing[:5]} never reached dynamickv's attention: this model does not use the "
                 "transformers AttentionInterface for them"
             )
+        window = getattr(self.owner, "sliding_window", None)
+        for i in self.layers:
+            self.cache.layers[i].sliding_window = window
+            if window is not None and getattr(self.owner, "trim_window", True):
+                self.cache.layers[i].free_outside_window()  # FullKV keeps all; the layer sees W - 1
         counts = [self.cache.layers[i].kept_counts() for i in self.layers]  # [b, h] each
         per_row = [[mean_kept(c[r]) for c in counts] for r in range(counts[0].shape[0])]
         held, rect = padding_tokens(self.cache)
@@ -256,14 +270,21 @@ class _Session:
 
 
 def compressible_layers(model: torch.nn.Module) -> list[int]:
-    """Indices of the layers whose cache is compressed: every full-attention layer (sliding-window
-    layers, as in Gemma 3, already bound their cache and are left alone)."""
-    cache = DynamicCache(config=model.config)
-    sliding = list(cache.is_sliding) if cache.layers else []
-    n_layers = model.config.get_text_config().num_hidden_layers
-    if not sliding:
-        return list(range(n_layers))
-    return [i for i, s in enumerate(sliding) if not s]
+    """Indices of the layers whose cache is compressed: every full-attention layer; sliding-window
+    layers next to them (Gemma 3's local layers) already bound their cache and are left alone; when
+    every layer slides with one window (Mistral-7B-v0.1, Phi-3-mini), every layer (see
+    :mod:`dynamickv.sliding`)."""
+    windows = layer_windows(model)
+    full = [i for i, w in enumerate(windows) if w is None]
+    if full or len(set(windows)) != 1:
+        return full
+    return list(range(len(windows)))
+
+
+def compressed_window(model: torch.nn.Module, layers: list[int]) -> int | None:
+    """The sliding window of the compressed layers (``None``: they are full-attention layers)."""
+    windows = {layer_windows(model)[i] for i in layers}
+    return windows.pop() if len(windows) == 1 else None
 
 
 def check_model(model: torch.nn.Module) -> str:
@@ -333,7 +354,13 @@ class Compressor:
         self.layers = compressible_layers(model)
         self.model_type = str(getattr(model.config.get_text_config(), "model_type", "") or "")
         if not self.layers:
-            raise UnsupportedModelError("the model has no full-attention layer to compress")
+            raise UnsupportedModelError("the model has no attention layer dynamickv can compress")
+        self.sliding_window = compressed_window(model, self.layers)
+        #: What the last prefill's methods saw (prompt length, candidates, budget).
+        self.info: PrefillInfo | None = None
+        #: Free, after prefill, the tokens sliding layers can no longer attend to (off: a recording
+        #: for :func:`dynamickv.replay.derive_cache`, which selects from the whole prompt).
+        self.trim_window = True
         if self.budget.tokens is not None:
             self.method.validate(self.budget.tokens, len(self.layers))
         self.sync_timing = sync_timing
@@ -351,8 +378,15 @@ class Compressor:
     # -- context manager ----------------------------------------------------------------------
     def __enter__(self) -> Compressor:
         if self._handles:
-            raise RuntimeError("this Compressor is already active")
+            raise UsageError("this Compressor is already active")
+        if self.model.__dict__.get(_ACTIVE) is not None:
+            raise UsageError(
+                "compress blocks cannot be nested on one model: the inner block would wrap the outer "
+                "one's attention; leave the first `with compress(...)` block before entering another"
+            )
         _register_attention()
+        self.model.__dict__[_ACTIVE] = self
+        block_entered(+1)
         self._saved_impl = self.model.config._attn_implementation
         self.model.config._attn_implementation = _PREFIX + self.impl
         self._handles.append(self.model.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
@@ -360,6 +394,9 @@ class Compressor:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self.model.__dict__.get(_ACTIVE) is self:
+            del self.model.__dict__[_ACTIVE]
+            block_entered(-1)
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -386,9 +423,16 @@ class Compressor:
             kwargs[self._cache_kw] = cache
         if cache.get_seq_length() != 0 or n <= 1:
             return args, kwargs  # a decoding step or an extension of an already compressed cache
+        self._check_cache(cache)
         valid, n_eff = valid_mask(kwargs.get("attention_mask"), n)
         budget = self.budget.tokens_for(n_eff)
         self.method.validate(budget, len(self.layers))
+        # a ratio budget is a share of each row's prompt (not of the part a sliding window still sees)
+        row_budgets = None
+        if valid is not None and self.budget.ratio is not None:
+            row_budgets = [self.budget.tokens_for(int(v)) for v in valid.sum(dim=1).tolist()]
+        if self.sliding_window is not None:  # select among what the layers can still attend to
+            valid, n_eff = restrict_to_window(valid, ref.shape[0], n, n_eff, self.sliding_window, ref.device)
         info = PrefillInfo(
             n=n,
             n_eff=n_eff,
@@ -398,11 +442,34 @@ class Compressor:
             model_type=self.model_type,
         )
         if info.lengths is not None and self.budget.ratio is not None:  # a ratio is per row
-            info.row_budgets = [self.budget.tokens_for(length) for length in info.lengths]
+            info.row_budgets = row_budgets or [budget] * len(info.lengths)
+        self.info = info
         self._session = _Session(self, cache, info)
         for m in self._modules:
             m.__dict__["_dynamickv_session"] = self._session
         return args, kwargs
+
+    def _check_cache(self, cache: Cache) -> None:
+        """Refuse caches whose layers cannot drop tokens; give sliding layers about to be compressed a
+        plain layer for the prefill (transformers' sliding layer keeps only the last ``W - 1`` tokens,
+        while selection indexes the whole prompt)."""
+        for i in self.layers:
+            if i >= len(cache.layers):
+                continue  # a config-less DynamicCache creates its layers on first use
+            layer = cache.layers[i]
+            if type(layer) is DynamicSlidingWindowLayer and layer.get_seq_length() == 0:
+                cache.layers[i] = DynamicLayer()
+            elif type(layer) is not DynamicLayer:
+                static = "Static" in type(layer).__name__
+                raise UsageError(
+                    (
+                        "a static cache cannot be compressed (StaticCache, cache_implementation='static'): "
+                        "its buffers have a fixed length; use the default dynamic cache under compress "
+                        "(dynamickv.fast.StaticDecoder decodes a compressed cache from static buffers)"
+                    )
+                    if static
+                    else f"compress needs transformers' dynamic cache, got a {type(layer).__name__} layer"
+                )
 
     def _post_forward(self, module, args, kwargs, output):
         if self._session is not None:

@@ -32,3 +32,21 @@ class ModelNotFoundError(DynamicKVError, FileNotFoundError):
 
 class InputError(DynamicKVError, ValueError):
     """Bad input data: missing file, padding on the wrong side, an empty prompt, ..."""
+
+
+class ModelFileError(DynamicKVError, ValueError):
+    """A model file exists but cannot be used: invalid ``config.json``, truncated or corrupt weights,
+    a file that is not the GGUF it claims to be, a model folder without tokenizer files."""
+
+
+class UsageError(DynamicKVError, RuntimeError):
+    """The library is used in a way it does not support: nested ``compress`` blocks on one model, a
+    static cache under ``compress``, a compressed cache continued outside its block."""
+
+
+class CommandInterrupted(Exception):
+    """A command stopped by Ctrl-C, with what the user should know (where the partial results are).
+
+    Not a :class:`DynamicKVError`: code that catches library errors must not swallow an interrupt. The
+    CLI prints ``interrupted: <message>`` and exits with status 130.
+    """

@@ -22,6 +22,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from .errors import UnsupportedModelError
+from .sliding import check_static_window
 
 
 @contextmanager
@@ -85,6 +86,8 @@ class StaticDecoder:
         if not all(hasattr(layer, "padded_prompt") for layer in cache.layers):
             raise UnsupportedModelError("the static decoder needs every layer compressed (no sliding layers)")
         prompts = [layer.padded_prompt()[0] for layer in cache.layers]
+        for layer in cache.layers:
+            check_static_window(layer, max_new_tokens)
         self.cache = cache
         self.capacity = max_new_tokens
         self.decoder = BatchDecoder(

@@ -40,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from dynamickv.errors import DynamicKVError, ModelNotFoundError
+from dynamickv.errors import DynamicKVError, ModelFileError, ModelNotFoundError
+from dynamickv.modelfiles import READ_ERRORS, check_gguf, check_model_dir, converted_hint, describe_read_error
 
 if TYPE_CHECKING:  # transformers takes seconds to import; the CLI's --help should not pay for it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -290,13 +291,21 @@ def _convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool) -> None:
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     folder, fname = gguf_path.parent, gguf_path.name
-    config = AutoConfig.from_pretrained(folder, gguf_file=fname)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-    align_special_tokens(tokenizer, config)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with _quiet_progress(not progress):
-        tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)["tensors"]
+    try:  # a truncated or corrupt GGUF fails anywhere in here, with whatever the parser tripped on
+        config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        align_special_tokens(tokenizer, config)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        with _quiet_progress(not progress):
+            tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)[
+                "tensors"
+            ]
+    except READ_ERRORS as exc:
+        raise ModelFileError(
+            f"cannot read the GGUF file {gguf_path} (truncated, corrupt or an unsupported architecture): "
+            f"{describe_read_error(exc)}"
+        ) from exc
     result = model.load_state_dict(tensors, strict=False, assign=True)
     del tensors
     model.tie_weights()  # re-point tied heads (lm_head) at the embeddings just assigned
@@ -504,6 +513,7 @@ def import_gguf(
 
 
 def _resolve_gguf_file(path: Path, cache_root: Path, progress: bool) -> Path:
+    check_gguf(path)
     # Hashing costs ~1 s per GB on every load, but keys the cache on content, not on a path that
     # may later point at a different file.
     sha = _sha256_file(path)
@@ -660,16 +670,24 @@ def load_model(
             'device="auto" (layers spread over GPUs) needs accelerate: pip install accelerate'
         )
     model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir, progress=progress)
+    check_model_dir(model_dir)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    with _quiet_progress(not progress):
-        model = AutoModelForCausalLM.from_pretrained(
-            model_dir,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            **({"device_map": "auto"} if auto else {}),
-        )
+    try:  # what the file checks cannot see (an architecture transformers lacks, bad tensors, ...)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        with _quiet_progress(not progress):
+            model = AutoModelForCausalLM.from_pretrained(
+                model_dir,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                **({"device_map": "auto"} if auto else {}),
+            )
+    except READ_ERRORS as exc:
+        if isinstance(exc, torch.OutOfMemoryError):  # not the files' fault
+            raise
+        raise ModelFileError(
+            f"cannot load the model in {model_dir}: {describe_read_error(exc)}{converted_hint(model_dir)}"
+        ) from exc
     if not auto:
         model.to(torch.device(device))
     model.eval()

@@ -151,7 +151,23 @@ class Pipeline:
         return out[:, ids.shape[-1] :]
 
     def ask(self, context: str, questions: list[str], max_new_tokens: int = 64) -> list[str]:
-        """Chat-format ``context`` + each question, prefill the context once, answer each."""
+        """Chat-format ``context`` + each question, prefill the context once, answer each.
+
+        ``questions`` is a list (or tuple) of strings, one answer each; a lone string is refused
+        rather than read as a list of characters.
+        """
+        if isinstance(questions, str):
+            raise InputError(
+                "questions must be a list of strings; for one question: ask(context, [question])"
+            )
+        questions = list(questions)
+        if not questions:
+            raise InputError("no questions given: ask(context, [question, ...]) needs at least one")
+        bad = [type(q).__name__ for q in questions if not isinstance(q, str)]
+        if bad:
+            raise InputError(f"questions must be strings, got {', '.join(sorted(set(bad)))}")
+        if not isinstance(context, str):
+            raise InputError(f"the context must be a string, got {type(context).__name__}")
         heads_tails = [
             split_chat_prompt(self.tokenizer, context, q, self.use_chat_template) for q in questions
         ]

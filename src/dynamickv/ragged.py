@@ -29,7 +29,8 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import DynamicLayer
 
-from .cache import CompressedLayer, _LayerGroup
+from .cache import CompressedLayer, _LayerGroup, require_block
+from .errors import UnsupportedModelError
 from .selection import Selection
 
 
@@ -201,6 +202,9 @@ class RaggedLayer(CompressedLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         from .compressor import attach_key_mask
 
+        require_block()
+        if self.sliding_window is not None:
+            self.free_outside_window()
         self.seen += key_states.shape[-2]
         self.tail_keys = torch.cat([self.tail_keys, key_states], dim=-2)
         self.tail_values = torch.cat([self.tail_values, value_states], dim=-2)
@@ -208,6 +212,14 @@ class RaggedLayer(CompressedLayer):
         keys = torch.cat([keys, self.tail_keys], dim=-2)
         values = torch.cat([values, self.tail_values], dim=-2)
         return attach_key_mask(keys, self._key_mask(keys.shape[-2])), values
+
+    def free_outside_window(self) -> None:
+        """Sliding-window layers with different counts per row or head are not supported."""
+        if self.sliding_window is not None:
+            raise UnsupportedModelError(
+                "per-row or head-adaptive budgets on sliding-window layers are not supported: use a "
+                "uniform method (e.g. snapkv) or a batch of one for this model"
+            )
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._take_rows(beam_idx)

@@ -22,7 +22,7 @@ from transformers.cache_utils import Cache
 
 from .budget import Budget, parse_budget
 from .cache import output_cache
-from .compressor import Compressor, PrefillStats, _Session
+from .compressor import Compressor, PrefillStats, _Session, valid_mask
 from .methods import FullKV, Method, PrefillInfo, get_method
 from .scoring import Observation
 
@@ -58,6 +58,10 @@ class PrefillRecord:
     last_logits: torch.Tensor
     seconds: float
     model: Any
+    sliding_window: int | None = None
+    #: The shortest real prompt of the batch: a ratio budget is a share of it (``info.n_eff`` counts
+    #: only what sliding layers can still attend to).
+    budget_base: int | None = None
 
     def release(self) -> None:
         self.observations.clear()
@@ -73,25 +77,24 @@ def record_prefill(
     """Prefill ``input_ids`` once, keeping what every method needs to select later."""
     recorder = _Recorder(queries=min(observation_queries, input_ids.shape[-1]))
     comp = Compressor(model, recorder, budget=max(input_ids.shape[-1], 1))
+    comp.trim_window = False  # every configuration is derived from the whole prompt's K/V
     t0 = time.perf_counter()
     with comp:
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True, logits_to_keep=1)
     seconds = time.perf_counter() - t0
-    stats = comp.stats
-    assert stats is not None
-    from .compressor import valid_mask
-
-    valid, n_eff = valid_mask(attention_mask, input_ids.shape[-1])
-    info = PrefillInfo(
-        n=input_ids.shape[-1],
-        n_eff=n_eff,
-        num_layers=len(comp.layers),
-        budget=0,
-        valid=valid,
-        model_type=comp.model_type,
-    )
+    assert comp.stats is not None and comp.info is not None
+    info = dataclasses.replace(comp.info, budget=0)  # the candidates the live prefill's methods saw
+    budget_base = valid_mask(attention_mask, input_ids.shape[-1])[1]  # what a ratio budget is of
     return PrefillRecord(
-        output_cache(out), dict(recorder.seen), comp.layers, info, out.logits[:, -1], seconds, model
+        output_cache(out),
+        dict(recorder.seen),
+        comp.layers,
+        info,
+        out.logits[:, -1],
+        seconds,
+        model,
+        comp.sliding_window,
+        budget_base,
     )
 
 
@@ -100,7 +103,7 @@ def derive_cache(
 ) -> tuple[Cache, PrefillStats]:
     """The cache ``method`` at ``budget`` would have produced in the recorded prefill."""
     method = get_method(method, **params)
-    b = parse_budget(budget).tokens_for(record.info.n_eff)
+    b = parse_budget(budget).tokens_for(record.budget_base or record.info.n_eff)
     method.validate(b, len(record.layers))
     cache = copy.copy(record.cache)
     cache.layers = [
@@ -110,6 +113,7 @@ def derive_cache(
     info = dataclasses.replace(record.info, budget=b)
     owner = Compressor.__new__(Compressor)
     owner.method, owner.layers, owner.sync_timing = method, record.layers, False
+    owner.sliding_window = record.sliding_window
     session = _Session(owner, cache, info)
     t0 = time.perf_counter()
     for ordinal, layer_idx in enumerate(record.layers):

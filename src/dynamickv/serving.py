@@ -34,6 +34,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from .cache import cache_kwarg, output_cache
 from .decode_step import FusedStep, grouped_attention, write_slot
 from .errors import InputError, UnsupportedModelError
+from .sliding import check_static_window
 
 _ALIGN = 16
 #: How a decode step is computed (see :class:`BatchDecoder`).
@@ -226,6 +227,9 @@ class BatchDecoder:
         if len(layers) != len(self.buffers) or not all(hasattr(la, "padded_prompt") for la in layers):
             raise UnsupportedModelError("the static decoder needs every layer compressed (no sliding layers)")
         prompts = [la.padded_prompt() for la in layers]
+        new_tokens = self.capacity if max_new_tokens is None else max_new_tokens
+        for la in layers:
+            check_static_window(la, new_tokens)
         for la, (k, _, _) in zip(layers, prompts, strict=True):
             stored = getattr(la, "keys", None)
             if isinstance(stored, torch.Tensor) and stored.dim() == 4 and stored.shape[-2] > k.shape[-2]:

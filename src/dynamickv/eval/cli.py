@@ -7,12 +7,14 @@ model is loaded. Heavy imports happen inside the command, so ``dynamickv --help`
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from dynamickv.errors import InputError
+from dynamickv.errors import CommandInterrupted, InputError
 
 BENCHMARKS = ("ruler", "niah", "longbench", "longbench-e")
 DEFAULT_METHODS = "streamingllm,h2o,snapkv,pyramidkv,dynamickv,windowkv"
@@ -230,8 +232,12 @@ def eval_command(
     from dynamickv.budget import parse_budget
     from dynamickv.cli import _dtype
     from dynamickv.methods import get_method
+    from dynamickv.options import check_attention, check_device, check_positive
 
     torch_dtype = _dtype(dtype)
+    check_attention(attn)
+    check_device(device)
+    check_positive(max_new_tokens, "--max-new-tokens")
 
     for name in config["methods"]:
         for b in config["budgets"]:
@@ -244,6 +250,14 @@ def eval_command(
         resume,
         ignore=("num_samples", "samples_digest", "batch_decode"),
     )
+    if resume:  # the weights, not only their path: a resumed table must not mix two models
+        config["model_fingerprint"] = _fingerprint(model)
+        runner.check_out_dir(
+            out,
+            {**config, "max_new_tokens": max_new_tokens},
+            resume,
+            ignore=("num_samples", "samples_digest", "batch_decode"),
+        )
     records = None
     if benchmark in ("longbench", "longbench-e"):
         from dynamickv.eval import longbench
@@ -264,6 +278,8 @@ def eval_command(
     t0 = time.perf_counter()
     with distributed.main_first(shard):  # rank 0 fills the model and RULER caches, the others reuse them
         mdl, tok = load_model(model, dtype=torch_dtype, device=device, attn_implementation=attn)
+        config.setdefault("model_fingerprint", _fingerprint(model))  # recorded in config.json
+        _check_lengths(benchmark, length_list, mdl)
         sample_list = build_samples(
             benchmark,
             tok,
@@ -301,8 +317,9 @@ def eval_command(
             shard=shard,
         )
     except KeyboardInterrupt:
-        runner.log(f"interrupted: predictions so far are in {out}; rerun with --resume to continue")
-        raise
+        raise CommandInterrupted(
+            f"predictions so far are in {out}; rerun with --resume to continue"
+        ) from None
     finally:
         distributed.close(shard)
     if not shard.main:
@@ -320,6 +337,43 @@ def eval_command(
         )
 
 
+def _fingerprint(model: str) -> str:
+    """The fingerprint of the weights ``--model`` names (see :func:`dynamickv.modelfiles.weights_fingerprint`)."""
+    from dynamickv.modelfiles import weights_fingerprint
+    from dynamickv.models import resolve_model_dir
+
+    return weights_fingerprint(resolve_model_dir(model, progress=False))
+
+
+def _check_lengths(benchmark: str, lengths: list[int], model: Any) -> None:
+    """RULER/NIAH lengths beyond the model's positions are refused before any sample is generated."""
+    from dynamickv.limits import context_length
+
+    limit = context_length(model)
+    too_long = [n for n in lengths if limit is not None and n > limit]
+    if benchmark in ("ruler", "niah") and too_long:
+        raise InputError(
+            f"--lengths {','.join(map(str, too_long))} exceed the model's {limit} positions "
+            "(max_position_embeddings)"
+        )
+
+
+def _holding_the_out_lock(command):
+    """``command`` run while holding ``--out``'s lock (rank 0 under torchrun): a second eval into the
+    same folder is refused at once (see :mod:`dynamickv.eval.runlock`)."""
+
+    @functools.wraps(command)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        from dynamickv.eval import distributed
+        from dynamickv.eval.runlock import run_lock
+
+        main = distributed.current_shard().main
+        with run_lock(kwargs["out"]) if main else contextlib.nullcontext():
+            return command(*args, **kwargs)
+
+    return locked
+
+
 def register(app: typer.Typer) -> None:
     """Add ``eval`` to the main app."""
-    app.command("eval")(eval_command)
+    app.command("eval")(_holding_the_out_lock(eval_command))

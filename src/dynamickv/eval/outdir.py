@@ -18,6 +18,7 @@ from dynamickv.eval.grid import (
     normalize_budgets,
     normalize_methods,
 )
+from dynamickv.eval.runlock import LOCK_FILE
 from dynamickv.eval.scorers import get_scorer
 
 CONFIG_FILE = "config.json"
@@ -29,6 +30,8 @@ HEATMAP_DIR = "heatmaps"
 
 #: config.json keys that may change between a run and its resumption.
 NOT_COMPARED = frozenset({"device", "created"})
+#: config.json keys compared only when both runs recorded them (runs made before they existed resume).
+COMPARED_IF_RECORDED = frozenset({"model_fingerprint"})
 #: Prediction-record fields that vary from run to run (timings).
 TIMING_FIELDS = frozenset({"seconds", "prefill_seconds"})
 
@@ -61,6 +64,7 @@ def build_config(
 
 def _differences(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
     skip = set(NOT_COMPARED) | set(ignore)
+    skip |= {k for k in COMPARED_IF_RECORDED if old.get(k) is None or new.get(k) is None}
     keys = [k for k in dict.fromkeys([*old, *new]) if k not in skip]
     return [k for k in keys if old.get(k) != new.get(k)]
 
@@ -71,8 +75,8 @@ def check_out_dir(out: str | Path, config: dict[str, Any], resume: bool, ignore:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"output path {out} exists and is not a folder")
-    if not out.exists() or not any(out.iterdir()):
-        return
+    if not out.exists() or not any(p.name != LOCK_FILE for p in out.iterdir()):
+        return  # (the lock file is the running eval's own, see dynamickv.eval.runlock)
     config_path = out / CONFIG_FILE
     if not resume:
         what = "holds a run" if config_path.is_file() else "is not empty"
@@ -88,6 +92,12 @@ def check_out_dir(out: str | Path, config: dict[str, Any], resume: bool, ignore:
         raise InputError(f"cannot resume in {out}: {CONFIG_FILE} is not valid JSON ({exc})") from None
     new = _jsonable(config)
     diff = _differences(old, new, ignore)
+    if "model_fingerprint" in diff:
+        raise InputError(
+            f"cannot resume in {out}: the weights of {new.get('model')!r} are not the ones the run was made "
+            f"with (fingerprint {old['model_fingerprint']} there, {new['model_fingerprint']} here), and one "
+            "table would mix two models' predictions; use another --out"
+        )
     if diff:
         details = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} here" for k in diff)
         raise InputError(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import fields
-from typing import Any
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from ..errors import BudgetError, UnknownMethodError
 from .adakv import AdaKV
@@ -25,40 +28,20 @@ def get_method(name: str | Method, **params: Any) -> Method:
     """Build a method by registry name or spec with optional parameters.
 
     ``get_method("snapkv", window=16)`` and ``get_method("snapkv:window=16")`` are the same method
-    (see :func:`parse_method_spec`); keyword parameters override the spec's.
+    (see :func:`parse_method_spec`); keyword parameters override the spec's. Keyword values are
+    checked against the parameter's annotation like spec values (a string is parsed as one).
     """
     if isinstance(name, Method):
         if params:
             raise BudgetError("parameters cannot be given together with a method instance")
         return name
+    fixed: dict[str, Any] = {}
     if ":" in str(name):
         name, fixed = parse_method_spec(str(name))
-        params = {**fixed, **params}
-    key = str(name).strip().lower()
-    if key not in METHODS:
-        raise UnknownMethodError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
-    cls = METHODS[key]
-    known = {f.name for f in fields(cls)}
-    unknown = set(params) - known
-    if unknown:
-        raise BudgetError(f"{key}: unknown parameter(s) {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**params)
-
-
-def _convert(value: str, default: Any, where: str) -> Any:
-    """``value`` as the type of the parameter's default (strings stay strings)."""
-    try:
-        if isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(value)
-            return value.lower() in ("true", "1")
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-    except ValueError:
-        raise BudgetError(f"{where}: {value!r} is not a {type(default).__name__}") from None
-    return value
+    cls = _method_class(name)
+    hints = _parameters(cls)
+    checked = {p: _check_param(cls, hints, p, v) for p, v in params.items()}
+    return _build(cls, {**fixed, **checked})
 
 
 def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
@@ -66,14 +49,14 @@ def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
     Why: an ablation (another window, another pooling) is a configuration of the same method, and one
     string names it everywhere a method name goes: a comma-separated ``--methods`` list, ``compress``,
-    a results-table row. Values take the type of the parameter's default; unknown parameters and
-    invalid values are errors, raised here rather than halfway through a run.
+    a results-table row. Values take the type of the parameter's annotation (``windowkv:omega=8`` is
+    an ``int``; ``none`` selects the default rule of a parameter whose default is ``None``); unknown
+    parameters, parameters the method does not use, NaN/inf and invalid values are errors, raised here
+    rather than halfway through a run.
     """
     name, _, rest = str(spec).strip().partition(":")
-    key = name.strip().lower()
-    if key not in METHODS:
-        raise UnknownMethodError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
-    defaults = {f.name: f.default for f in fields(METHODS[key])}
+    cls = _method_class(name)
+    hints = _parameters(cls)
     params: dict[str, Any] = {}
     for item in (part.strip() for part in rest.split(";")):
         if not item:
@@ -81,11 +64,112 @@ def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
         pname, eq, value = (x.strip() for x in item.partition("="))
         if not eq or not pname or not value:
             raise BudgetError(f"method spec {spec!r}: expected name=value, got {item!r}")
-        if pname not in defaults:
-            raise BudgetError(f"{key}: unknown parameter {pname!r}; known: {sorted(defaults)}")
-        params[pname] = _convert(value, defaults[pname], f"{key}.{pname}")
-    METHODS[key](**params)  # the method's own validation of the values
-    return key, params
+        params[pname] = _check_param(cls, hints, pname, value)
+    _build(cls, params)  # the method's own validation of the values
+    return cls.name, params
+
+
+def _method_class(name: object) -> type[Method]:
+    key = str(name).strip().lower()
+    if key not in METHODS:
+        raise UnknownMethodError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    return METHODS[key]
+
+
+def _parameters(cls: type[Method]) -> dict[str, Any]:
+    """The settable parameters of ``cls`` and their annotations (resolved: the methods' modules use
+    postponed annotations), without the fields the method declares unused."""
+    hints = get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls) if f.name not in cls.unused}
+
+
+def _check_param(cls: type[Method], hints: dict[str, Any], pname: str, value: Any) -> Any:
+    """``value`` for parameter ``pname`` of ``cls``: parsed when it is a string, type-checked otherwise."""
+    if pname not in hints:
+        if pname in cls.unused:
+            raise BudgetError(
+                f"{cls.name}: {pname!r} is not used by {cls.name}; its parameters: {sorted(hints)}"
+            )
+        raise BudgetError(f"{cls.name}: unknown parameter {pname!r}; known: {sorted(hints)}")
+    annotation = hints[pname]
+    where = f"{cls.name}.{pname}"
+    if isinstance(value, str) and str not in _types(annotation):
+        return _parse(value.strip(), annotation, where)
+    return _typed(value, annotation, where)
+
+
+def _build(cls: type[Method], params: dict[str, Any]) -> Method:
+    try:
+        return cls(**params)
+    except TypeError as exc:  # a value of the right type the method's own checks did not expect
+        raise BudgetError(f"{cls.name}: invalid parameters {params} ({exc})") from None
+
+
+def _types(annotation: Any) -> tuple[Any, ...]:
+    """The alternatives of an annotation: ``int | None`` -> ``(int, NoneType)``."""
+    if get_origin(annotation) in (Union, UnionType):
+        return get_args(annotation)
+    return (annotation,)
+
+
+def _type_name(annotation: Any) -> str:
+    names = []
+    for t in _types(annotation):
+        if t is type(None):
+            names.append("none")
+        elif get_origin(t) is Literal:
+            names.append(" or ".join(repr(c) for c in get_args(t)))
+        else:
+            names.append({int: "an integer", float: "a number", bool: "true or false"}.get(t, str(t)))
+    return " or ".join(names)
+
+
+def _parse(text: str, annotation: Any, where: str) -> Any:
+    """A spec value as the parameter's annotated type: ``int``, ``float`` (finite), ``bool``, a
+    ``Literal`` choice, ``str``, or ``none`` where ``None`` is allowed (the method's default rule)."""
+    for t in _types(annotation):
+        if t is type(None) and text.lower() == "none":
+            return None
+        if get_origin(t) is Literal and text in get_args(t):
+            return text
+        if t is bool and text.lower() in ("true", "false", "1", "0"):
+            return text.lower() in ("true", "1")
+        if t is int:
+            with contextlib.suppress(ValueError):
+                return int(text)
+        if t is float:
+            try:
+                number = float(text)
+            except ValueError:
+                continue
+            return _finite(number, where)
+        if t is str:
+            return text
+    raise BudgetError(f"{where}: {text!r} is not {_type_name(annotation)}")
+
+
+def _typed(value: Any, annotation: Any, where: str) -> Any:
+    """A keyword value checked against the annotation (an int is accepted for a float)."""
+    for t in _types(annotation):
+        if t is type(None) and value is None:
+            return None
+        if get_origin(t) is Literal and isinstance(value, str) and value in get_args(t):
+            return value
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return _finite(float(value), where)
+        if t is str and isinstance(value, str):
+            return value
+    raise BudgetError(f"{where}: {value!r} is not {_type_name(annotation)}")
+
+
+def _finite(value: float, where: str) -> float:
+    if not math.isfinite(value):
+        raise BudgetError(f"{where}: {value} is not a finite number")
+    return value
 
 
 def describe_methods() -> list[dict[str, Any]]:

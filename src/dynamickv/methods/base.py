@@ -13,6 +13,7 @@ window" (DynamicKV, WindowKV, StreamingLLM) override :meth:`Method.compress`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
@@ -90,6 +91,8 @@ class Method:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    #: Fields inherited from this base that the method does not read (not settable in a spec).
+    unused: ClassVar[frozenset[str]] = frozenset()
 
     window: int = 32
 
@@ -98,6 +101,8 @@ class Method:
             v = getattr(self, f.name)
             if isinstance(v, int) and not isinstance(v, bool) and v < 0:
                 raise BudgetError(f"{self.name}: {f.name} must be >= 0, got {v}")
+            if isinstance(v, float) and not math.isfinite(v):  # NaN passes every comparison
+                raise BudgetError(f"{self.name}: {f.name} must be a finite number, got {v}")
         self._info: PrefillInfo | None = None
         self._budgets: list[int] = []
         self._row_budgets: list[list[int]] | None = None
@@ -182,7 +187,9 @@ class Method:
         return self._info
 
     def describe(self) -> str:
-        params = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self))
+        params = ", ".join(
+            f"{f.name}={getattr(self, f.name)}" for f in fields(self) if f.name not in self.unused
+        )
         return f"{self.name}({params})"
 
 

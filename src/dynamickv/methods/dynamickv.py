@@ -8,11 +8,14 @@ from typing import Literal
 import torch
 
 from ..errors import BudgetError
-from ..scoring import POOLINGS, Observation, Pooling, stable_topk
+from ..heads import HeadBudgets, shrink_candidates
+from ..scoring import POOLINGS, Observation, stable_topk
 from .allocation import authors_allocation, candidate_allocation, normalized_scores
 from .base import KeepOp, Method, PrefillInfo, select_top
 
 Allocation = Literal["authors", "candidates"]
+#: DynamicKV's pooling: the shared ones, or ``"auto"``, the authors' per family (:data:`FAMILY_POOLING`)
+DynamicPooling = Literal["avg", "max", "forward", "none", "auto"]
 Normalize = Literal["none", "sum"]
 
 
@@ -27,7 +30,7 @@ def family_pooling(model_type: str) -> str:
 
 
 @dataclass
-class DynamicKV(Method):
+class DynamicKV(HeadBudgets, Method):
     """Task-adaptive, layer-adaptive budgets (the paper's algorithm, as its authors released it).
 
     Paper: Zhou et al., "DynamicKV: Task-Aware Adaptive KV Cache Compression for Long Context
@@ -38,7 +41,7 @@ class DynamicKV(Method):
     window). Every ``m`` layers, and after the last one, the global top ``base * (l + 1) * H_kv``
     scores over layers ``0..l`` decide each layer's share of ``G``; every layer ``j <= l`` is then cut
     to its top ``b_j`` candidates (a layer never grows back). After the last layer the average layer
-    holds ``B`` tokens (fewer only where a layer's share exceeded what it still held).
+    holds ``B`` tokens (fewer only when the layers together hold less than ``G``).
 
     ``allocation`` picks how the shares are formed:
 
@@ -51,7 +54,8 @@ class DynamicKV(Method):
       rule (exact sums, no bias towards the newest layer).
 
     Fixes to the authors' code, in both modes: window tokens are never duplicated (a share above
-    what a layer holds is capped there), re-allocation also runs after the last layer when ``L`` is
+    what a layer holds is capped there and the excess goes to the other layers in proportion to their
+    shares, so the budget adds up), re-allocation also runs after the last layer when ``L`` is
     not a multiple of ``m`` (without it the last layers keep ``bs`` and the cache exceeds ``B``),
     prompts shorter than the window keep everything, ``m`` is a parameter, K/V are not repeated per
     query head (selection is per KV head, scores averaged over its query heads).
@@ -78,6 +82,10 @@ class DynamicKV(Method):
         min_ratio: per-layer floor as a fraction of ``B - w``, 0.
         normalize: ``"none"`` or ``"sum"`` (see above).
         sink: leading tokens left out of the allocation's counting, 0.
+        heads: ``"uniform"`` or ``"adaptive"``: within each layer's budget the KV heads share
+            ``H * b_l`` tokens by one top-k over all of them (Ada-KV; layer + head adaptive), with
+            ``head_floor`` (0.2) of the per-head budget as every head's floor. See
+            :class:`dynamickv.heads.HeadBudgets`.
     """
 
     name = "dynamickv"
@@ -86,7 +94,7 @@ class DynamicKV(Method):
 
     window: int = 8
     kernel: int = 7
-    pooling: Pooling = "avg"
+    pooling: DynamicPooling = "avg"
     r_max: float = 10.0
     update_every: int = 4
     allocation: Allocation = "authors"
@@ -132,7 +140,7 @@ class DynamicKV(Method):
     def compress(self, layer: int, obs: Observation) -> list[KeepOp]:
         info = self._require_info()
         if self._uniform:  # the prompt fits the budget: keep it (minus padding), as every method does
-            return [(layer, select_top(self.score, obs, info.budget, self.window, info))]
+            return [(layer, select_top(self.score, obs, info.budget, self.window, info, self.head_alpha()))]
         scores = self.score(obs)
         counted = normalized_scores(scores, self.sink) if self.normalize == "sum" else scores
         if self.sink and self.normalize != "sum":
@@ -182,23 +190,29 @@ class DynamicKV(Method):
             per_row = torch.div(counts, b, rounding_mode="floor")
             target = self._base * h if layer == info.num_layers - 1 else None
             alloc = authors_allocation(per_row, n_layers, self._bs - self._floor, total, target)
-            alloc = torch.minimum(alloc, caps)  # fix: a layer never grows back (no duplicated window)
+            # fix: a layer never grows back (their slice runs into the window and duplicates it); a
+            # share above what a layer holds goes to the others in proportion, so budgets add up
+            alloc = candidate_allocation(alloc.double(), int(alloc.sum()), caps)
         else:
             alloc = candidate_allocation(counts.double() / (h * b), total, caps)
         alloc = alloc + self._floor
         ops: list[KeepOp] = []
         for j in range(n_layers):
             new = int(alloc[j])
-            if new >= self._kept[j]:
+            if new >= self._kept[j]:  # a layer never grows back
                 continue
-            keep = stable_topk(self._cand[j], new)[1].sort(dim=-1).values
-            self._cand[j] = self._cand[j].gather(-1, keep)
+            # each head keeps its top `new` candidates; head-adaptive: the heads share `h * new`
+            keep, cand = shrink_candidates(self._cand[j], new, self.window, self.head_alpha())
             if self.allocation == "candidates":
-                self._counted[j] = self._counted[j].gather(-1, keep)
-            old = self._kept[j]
+                index = keep if isinstance(keep, torch.Tensor) else keep.index
+                width = cand.shape[-1]
+                counted = self._counted[j].gather(
+                    -1, index[..., :width].clamp_max(self._counted[j].shape[-1] - 1)
+                )
+                self._counted[j] = torch.where(torch.isfinite(cand), counted, cand)
+            self._cand[j] = cand
             self._kept[j] = new
-            win = torch.arange(old, old + self.window, device=keep.device).expand(b, h, self.window)
-            ops.append((j, torch.cat([keep, win], dim=-1)))
+            ops.append((j, keep))
         return ops
 
     def budgets(self) -> list[int]:

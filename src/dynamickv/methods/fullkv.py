@@ -18,6 +18,7 @@ class FullKV(Method):
     name = "fullkv"
     summary = "no compression: every prompt token is kept (the reference)"
     paper = "-"
+    unused = frozenset({"window"})
 
     window: int = 0
 

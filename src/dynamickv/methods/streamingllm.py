@@ -27,6 +27,8 @@ class StreamingLLM(Method):
     summary = "attention sinks (first 4 tokens) + the most recent tokens; needs no scores"
     paper = "Xiao et al. 2024, Efficient Streaming Language Models with Attention Sinks (arXiv 2309.17453)"
 
+    unused = frozenset({"window"})
+
     window: int = 0
     sinks: int = 4
 

@@ -66,7 +66,9 @@ class WindowKV(Method):
     summary = "whole token windows chosen per layer group, pyramid budgets, task-adaptive mode"
     paper = "Zuo et al. 2025, WindowKV: Task-Adaptive Group-Wise KV Cache Window Selection (arXiv 2503.17922)"
 
-    window: int = 0  # unused: the observation window is ``alpha``
+    unused = frozenset({"window"})  # the observation window is ``alpha``
+
+    window: int = 0
     mode: Mode = "auto"
     omega: int | None = None
     alpha: int | None = None

@@ -1,0 +1,107 @@
+"""Checks of command-line values that need no model, so that a bad value fails in a second with one
+clear line instead of after a model load (seconds to minutes) or with a traceback from deep inside
+``transformers``.
+
+Every check raises :class:`~dynamickv.errors.InputError` (the CLI prints ``error: ...``, exit 2).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .errors import InputError
+
+#: Attention implementations the compressor wraps (it reads the layer's queries and keys there).
+ATTENTION = ("sdpa", "eager")
+#: Share of undecodable bytes above which a context file is reported as not text.
+_BINARY_SHARE = 0.01
+
+
+def check_attention(name: str) -> str:
+    """``sdpa`` or ``eager``; anything else (``flash_attention_2``, ``flex_attention``, a typo) is refused."""
+    value = name.strip().lower()
+    if value in ATTENTION:
+        return value
+    if value.startswith(("flash", "flex", "paged", "sdpa_")):
+        raise InputError(
+            f"--attn {name} is not supported: dynamickv wraps the model's own sdpa or eager attention to "
+            "read the queries and keys it scores (use --attn sdpa: on a GPU it runs flash kernels where it can)"
+        )
+    raise InputError(f"unknown --attn value {name!r}: use sdpa or eager")
+
+
+def check_device(name: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto``, checked against what this machine has."""
+    import torch
+
+    value = name.strip().lower()
+    if value == "auto":
+        return value
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown --device {name!r}: use cpu, cuda, cuda:N, mps or auto") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise InputError(f"--device {name}: CUDA is not available ({why}); use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise InputError(f"--device {name}: only {count} CUDA device(s) (cuda:0 to cuda:{count - 1})")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif device.type != "cpu":
+        raise InputError(f"unsupported --device {name!r}: use cpu, cuda, cuda:N, mps or auto")
+    return value
+
+
+def check_positive(value: int | None, option: str) -> int | None:
+    """``value`` if it is at least 1 (``None`` passes: the option's default rule applies)."""
+    if value is not None and value < 1:
+        raise InputError(f"{option} must be at least 1, got {value}")
+    return value
+
+
+def check_truncate(value: str | None) -> str | None:
+    """``--truncate``: ``None`` (refuse a prompt longer than the model) or ``middle`` (LongBench's rule)."""
+    if value is None or value.strip().lower() in ("", "none"):
+        return None
+    if value.strip().lower() != "middle":
+        raise InputError(f"unknown --truncate value {value!r}: use middle (or leave it out to refuse)")
+    return "middle"
+
+
+def read_context(path: Path) -> str:
+    """The text of a context file (``-`` reads standard input).
+
+    Refused: a missing path, a directory, an unreadable or empty file. A file that does not look like
+    text (NUL bytes, or more than 1% of it not valid UTF-8) is read anyway, with a warning on stderr:
+    the model will see replacement characters where the bytes were not text.
+    """
+    if str(path) == "-":
+        data = sys.stdin.buffer.read()
+        where = "standard input"
+    else:
+        if not path.exists():
+            raise InputError(f"context file not found: {path}")
+        if path.is_dir():
+            raise InputError(f"context file {path} is a directory; give a text file")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read context file {path}: {exc.strerror or exc}") from None
+        where = str(path)
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
+    nul = data.count(b"\x00")
+    if nul or bad > _BINARY_SHARE * max(len(text), 1):
+        print(
+            f"warning: {where} does not look like text ({nul} NUL bytes, {bad} invalid UTF-8 sequences "
+            f"in {len(data)} bytes); using it anyway",
+            file=sys.stderr,
+        )
+    if not text.strip():
+        raise InputError(f"context file is empty: {where}")
+    return text
