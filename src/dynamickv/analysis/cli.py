@@ -55,6 +55,8 @@ def analyze_command(
     protocol: Annotated[
         str, typer.Option(help="what is compressed: raw (the papers'), chat or agnostic")
     ] = "raw",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
     method: Annotated[
         str,
         typer.Option(help="method spec to analyse (default dynamickv; e.g. adakv, snapkv:heads=adaptive)"),
@@ -106,7 +108,9 @@ def analyze_command(
     from . import retention
 
     t0 = time.perf_counter()
-    mdl, tok = load_model(model, progress=False)
+    from dynamickv.cli import _dtype
+
+    mdl, tok = load_model(model, progress=False, dtype=_dtype(dtype), device=device)
     num_layers = mdl.config.num_hidden_layers
     get_method(method).validate(parsed.tokens or 1 << 30, num_layers)
     built, skipped = [], {}
