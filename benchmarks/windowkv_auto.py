@@ -1,131 +1,394 @@
-"""WindowKV ``auto`` mode against the task categories, and selection cost against SnapKV.
+"""WindowKV ``auto`` against the task categories, on both models, three sets and three protocols.
 
-    python benchmarks/windowkv_auto.py --model smollm2-135m --length 2048 --samples 2 \
-        --longbench-dir ../shared/data/longbench --out docs/results/windowkv_auto.json
+    python benchmarks/windowkv_auto.py \
+        --models smollm2-135m:4096,qwen2.5-coder-0.5b:8192 --ruler-samples 5 --seeds 1,2 \
+        --longbench-dir ../shared/data/longbench --multi-news 20 \
+        --protocols raw,chat,agnostic --out docs/results/windowkv_auto.json
 
-For each RULER task (and each LongBench task file found in --longbench-dir) it prefills samples,
-records what ``auto`` chose and compares it with the category rule (QA -> localization; everything
-else -> aggregation). Then it times the selection work (scoring + window choice) of WindowKV and
-SnapKV on one 4k prompt, from the same recorded prefill, attention recomputed for each.
+(About 25 minutes for both models on two shared CPU cores: each prefill stops after the first layer.)
+
+The target (issue 12, item 5): ``auto`` must agree with the task categories (QA -> localization,
+everything else -> aggregation) on at least 90% of RULER (13 tasks), NIAH and LongBench multi_news
+samples, on both models, without training, task names, templates or an extra model.
+
+For every sample and protocol it prefills the part of the prompt that would be compressed (with the
+real ``Compressor`` and ``WindowKV(mode="auto")``), stops the forward pass as soon as ``auto`` has
+decided (the decision is made at the first compressed layer, so the rest of the prefill would not
+change it), and records the chosen mode. Protocols (what is compressed):
+
+* ``raw``: the whole raw prompt, question included, no chat template (the papers' setting);
+* ``chat``: the prompt as the user turn of the chat template (RULER's answer prefix moved after it);
+* ``agnostic``: the context alone; the question would come after the compressed cache.
+
+It also records training-free candidate statistics of the same prefill and checks, for each, whether
+*any* threshold could reach the target: the best threshold fitted on the ``dev`` split (the first seed,
+the first NIAH depths, the first multi_news records) evaluated on the ``check`` split (the second
+seed, other depths, other records), and leave-one-task-out (the threshold refitted without the task it
+is tested on). A statistic whose fitted threshold does well in-sample but not on held-out samples or
+tasks is a fit, not a rule.
+
+* ``entropy``: what ``auto`` decides on, the normalised entropy of the localization window scores at
+  the first compressed layer, sink and recent windows left out (``WindowKV.window_entropy``);
+* ``far_share``: the share of the observation window's attention (16 queries, all heads, sinks left
+  out) on tokens more than 256 positions before it: does the end of the prompt look far back;
+* ``peak_share``: the share of the same attention held by the top 1% of 8-token windows;
+* ``restated_span``: a prompt statistic (no model): the longest run of the last 12 compressed tokens
+  that already occurs earlier in the prompt.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
-import statistics
 import time
+from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from dynamickv.eval import longbench, ruler
+from dynamickv.compressor import Compressor
+from dynamickv.eval import longbench, niah, ruler
+from dynamickv.eval.base import Sample
+from dynamickv.eval.runner import split_prompt
+from dynamickv.methods.windowkv import AUTO_ENTROPY_THRESHOLD, WindowKV
 from dynamickv.models import load_model
-from dynamickv.replay import derive_cache, record_prefill
+from dynamickv.scoring import Observation
+
+PROTOCOLS = ("raw", "chat", "agnostic")
+STATISTICS = ("entropy", "far_share", "peak_share", "restated_span")
+SETS = ("ruler", "niah", "multi_news")
 
 
 def expected(category: str) -> str:
     return "localization" if category == "qa" else "aggregation"
 
 
-def prompt_ids(tok, sample):
-    text = tok.apply_chat_template(
-        [{"role": "user", "content": sample.prompt}], tokenize=False, add_generation_prompt=True
-    )
-    return tok(text, return_tensors="pt", add_special_tokens=False).input_ids
+# ------------------------------------------------------------------------------------------------
+# what is compressed, per protocol
+# ------------------------------------------------------------------------------------------------
+
+
+def context_text(sample: Sample) -> str:
+    """The sample's context alone (the prompt before its question), for the ``agnostic`` protocol."""
+    p = sample.prompt
+    if sample.task in ruler.RULER_TASKS:
+        cut = p.rfind("\n")  # RULER's question (and answer prefix) is the prompt's last line
+    elif sample.task == "niah":
+        suffix = niah.DEFAULT_TEMPLATE.split("{context}")[1].format(question=sample.meta["question"])
+        cut = len(p) - len(suffix) if p.endswith(suffix) else -1
+    else:
+        suffix = longbench.DATASET2PROMPT[sample.task].split("{context}")[1]
+        cut = p.rfind(suffix.split("{")[0])
+    if cut <= 0:
+        raise ValueError(f"cannot find where the question starts in {sample.uid}")
+    return p[:cut]
+
+
+def compressed_ids(sample: Sample, tok: Any, protocol: str) -> torch.Tensor:
+    if protocol == "chat":
+        return split_prompt(sample, tok)[0]
+    if protocol == "raw":
+        return split_prompt(dataclasses.replace(sample, chat_template=False), tok)[0]
+    return tok(context_text(sample), return_tensors="pt").input_ids
+
+
+# ------------------------------------------------------------------------------------------------
+# one decision
+# ------------------------------------------------------------------------------------------------
+
+
+class _Decided(Exception):
+    """Raised right after ``auto`` decided: the rest of the prefill cannot change the mode."""
+
+
+class _Probe(WindowKV):
+    """``WindowKV(mode="auto")`` that also records the candidate statistics of its first layer."""
+
+    def compress(self, layer: int, obs: Observation):
+        ops = super().compress(layer, obs)
+        if self.chosen_mode is not None:
+            self.statistics = attention_statistics(self, obs)
+            raise _Decided
+        return ops
+
+
+def attention_statistics(method: WindowKV, obs: Observation) -> dict[str, float]:
+    tok = obs.scores(16, per_kv_head=False)[0].clamp_min(0).double()  # [n - 16]
+    sink = 8
+    body = tok[sink:]
+    total = float(body.sum()) or 1.0
+    far = float(body[: max(0, body.shape[0] - 256)].sum()) / total
+    m = body.shape[0] // 8
+    win = body[: m * 8].reshape(m, 8).sum(-1)
+    top = max(1, m // 100)
+    peak = float(win.topk(top).values.sum()) / total if m else 1.0
+    return {"entropy": method.window_entropy(obs), "far_share": far, "peak_share": peak}
+
+
+def restated_span(ids: list[int], last: int = 12) -> int:
+    """Longest run of the last ``last`` tokens that also occurs (contiguously) earlier in ``ids``."""
+    win, body = ids[-last:], ids[:-last]
+    where: dict[int, list[int]] = defaultdict(list)
+    for i, t in enumerate(body):
+        where[t].append(i)
+    best = 0
+    for i in range(len(win)):
+        for j in where.get(win[i], ()):
+            k = 0
+            while i + k < len(win) and j + k < len(body) and body[j + k] == win[i + k]:
+                k += 1
+            best = max(best, k)
+    return best
+
+
+@torch.inference_mode()
+def decide(model: Any, ids: torch.Tensor, budget: int) -> tuple[str, dict[str, float], float]:
+    probe = _Probe(mode="auto")
+    t0 = time.perf_counter()
+    with Compressor(model, probe, budget=budget):
+        try:
+            model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        except _Decided:
+            pass
+    if probe.chosen_mode is None:
+        raise RuntimeError("auto never decided")
+    stats = dict(probe.statistics, restated_span=restated_span(ids[0].tolist()))
+    return probe.chosen_mode, stats, time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------------------------
+# samples
+# ------------------------------------------------------------------------------------------------
+
+
+def build_samples(tok: Any, length: int, args: argparse.Namespace) -> list[tuple[str, str, Sample]]:
+    """``(set, split, sample)``: split ``dev`` (first seed, first depths, first records) or ``check``."""
+    out: list[tuple[str, str, Sample]] = []
+    for split, seed in zip(("dev", "check"), args.seeds):
+        for task in ruler.RULER_TASKS:
+            out += [
+                ("ruler", split, s) for s in ruler.generate(task, tok, length, args.ruler_samples, seed=seed)
+            ]
+    lengths = [x for x in args.niah_lengths if x <= length] or [length]
+    for split, depths in (("dev", args.niah_depths), ("check", args.niah_check_depths)):
+        for s in niah.generate(tok, lengths, depths):
+            out.append(("niah", split, dataclasses.replace(s, index=f"{split}-{s.index}")))
+    if args.longbench_dir and args.multi_news:
+        records = longbench.load_task("multi_news", args.longbench_dir)[: 2 * args.multi_news]
+        samples = longbench.build_samples("multi_news", records, tok, length - 512 - 64)
+        for i, s in enumerate(samples):
+            out.append(("multi_news", "dev" if i < args.multi_news else "check", s))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# analysis
+# ------------------------------------------------------------------------------------------------
+
+
+def _count(rows: list[dict], key: str = "chosen") -> dict[str, Any]:
+    n = len(rows)
+    agree = sum(r[key] == r["expected"] for r in rows)
+    return {"agree": agree, "n": n, "rate": agree / n if n else None}
+
+
+def agreement(rows: list[dict], key: str = "chosen") -> dict[str, Any]:
+    by_set: dict[str, list[dict]] = defaultdict(list)
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_set[r["set"]].append(r)
+        by_task[r["task"]].append(r)
+    sets = {s: _count(by_set[s], key) for s in SETS if by_set[s]}
+    return {
+        "sets": sets,
+        "tasks": {t: _count(v, key) for t, v in by_task.items()},
+        "pooled": _count(rows, key),
+        "worst_set": min((v["rate"] for v in sets.values()), default=None),
+    }
+
+
+def _predict(value: float, threshold: float, direction: str) -> str:
+    hit = value >= threshold if direction == ">=" else value <= threshold
+    return "localization" if hit else "aggregation"
+
+
+def fit_threshold(rows: list[dict], stat: str) -> tuple[float, str]:
+    """The threshold and direction with the best worst-set agreement on ``rows`` (ties: pooled)."""
+    values = [r["stats"][stat] for r in rows]
+    want = [r["expected"] == "localization" for r in rows]
+    sets = [r["set"] for r in rows]
+    best: tuple[tuple[float, float], float, str] | None = None
+    for thr in sorted(set(values)):
+        for direction in (">=", "<="):
+            hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+            for v, w, s in zip(values, want, sets):
+                hit = v >= thr if direction == ">=" else v <= thr
+                hits[s][0] += hit == w
+                hits[s][1] += 1
+            worst = min(a / n for a, n in hits.values())
+            pooled = sum(a for a, _ in hits.values()) / len(values)
+            if best is None or (worst, pooled) > best[0]:
+                best = ((worst, pooled), thr, direction)
+    assert best is not None
+    return best[1], best[2]
+
+
+def threshold_study(rows: list[dict], stat: str) -> dict[str, Any]:
+    dev = [r for r in rows if r["split"] == "dev"]
+    check = [r for r in rows if r["split"] == "check"]
+    thr, direction = fit_threshold(dev, stat)
+
+    def apply(rs: list[dict], t: float, d: str) -> list[dict]:
+        return [dict(r, fit=_predict(r["stats"][stat], t, d)) for r in rs]
+
+    loto = []
+    for task in sorted({r["task"] for r in rows}):
+        t, d = fit_threshold([r for r in rows if r["task"] != task], stat)
+        loto += apply([r for r in rows if r["task"] == task], t, d)
+    return {
+        "dev_threshold": thr,
+        "direction": direction,
+        "dev": agreement(apply(dev, thr, direction), "fit"),
+        "check": agreement(apply(check, thr, direction), "fit"),
+        "leave_one_task_out": agreement(loto, "fit"),
+    }
+
+
+def _pct(c: dict | None) -> str:
+    if not c or c["rate"] is None:
+        return "-"
+    return f"{100 * c['rate']:.1f}% ({c['agree']}/{c['n']})"
+
+
+def text_report(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    lines = [
+        "WindowKV auto vs task categories (QA -> localization, others -> aggregation)",
+        f"date {meta['date']}  machine {meta['machine']}  torch {meta['torch']}  transformers {meta['transformers']}",
+        f"command: {meta['command']}",
+        "",
+    ]
+    for model, per_protocol in result["agreement"].items():
+        for protocol, a in per_protocol.items():
+            lines.append(f"== {model}, protocol {protocol}: auto (rule as shipped)")
+            lines.append(
+                "  "
+                + "  ".join(f"{s} {_pct(a['sets'].get(s))}" for s in SETS)
+                + f"  pooled {_pct(a['pooled'])}"
+            )
+            lines.append("  per task: " + ", ".join(f"{t} {_pct(c)}" for t, c in a["tasks"].items()))
+            for stat, s in result["statistics"][model][protocol].items():
+                lines.append(
+                    f"  {stat:<13} best dev threshold {s['direction']} {s['dev_threshold']:.4g}: "
+                    + "  ".join(
+                        f"{part} " + "/".join(_pct(s[part]["sets"].get(x)).split(" ")[0] for x in SETS)
+                        for part in ("dev", "check", "leave_one_task_out")
+                    )
+                )
+            lines.append("")
+    lines.append("statistic columns: ruler/niah/multi_news agreement of the best dev threshold on dev,")
+    lines.append("on the check split (other seed, depths, records) and leave-one-task-out.")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--length", type=int, default=2048)
-    ap.add_argument("--samples", type=int, default=2)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="smollm2-135m:4096,qwen2.5-coder-0.5b:8192", help="name:length,...")
+    ap.add_argument("--ruler-samples", type=int, default=5, help="per task and seed")
+    ap.add_argument("--seeds", default="1,2", help="RULER seeds of the dev and check splits")
+    ap.add_argument("--niah-lengths", default="1024,2048,4096,8192", help="kept when <= the model's length")
+    ap.add_argument("--niah-depths", default="0,25,50,75,100")
+    ap.add_argument("--niah-check-depths", default="10,40,60,90")
+    ap.add_argument("--longbench-dir", default=None, help="folder holding multi_news.jsonl")
+    ap.add_argument("--multi-news", type=int, default=20, help="records per split")
+    ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--budget", type=int, default=128)
-    ap.add_argument("--longbench-dir", default=None)
     ap.add_argument("--out", default="docs/results/windowkv_auto.json")
     args = ap.parse_args()
-    model, tok = load_model(args.model, progress=False)
-    samples = []
-    for task in ruler.RULER_TASKS:
-        try:
-            samples += ruler.generate(task, tok, args.length, args.samples)
-        except Exception as e:  # a task that cannot fit this length is reported, not hidden
-            print(f"skip {task}: {e}")
-    if args.longbench_dir:
-        for f in sorted(Path(args.longbench_dir).glob("*.jsonl")):
-            records = longbench.load_task(f.stem, args.longbench_dir)
-            samples += longbench.build_samples(
-                f.stem, records, tok, args.length - 200, limit=args.samples * 2
-            )
-    rows = []
-    for s in samples:
-        ids = prompt_ids(tok, s)
-        with torch.inference_mode():
-            rec = record_prefill(model, ids)
-            _, stats = derive_cache(rec, "windowkv", args.budget)
-        from dynamickv.methods.windowkv import WindowKV
-
-        entropy = WindowKV().window_entropy(rec.observations[0].last(16))
-        rows.append(
-            {
-                "uid": s.uid,
-                "task": s.task,
-                "category": s.category,
-                "expected": expected(s.category),
-                "chosen": stats.extra["mode"],
-                "entropy": entropy,
-                "tokens": ids.shape[1],
-            }
-        )
-        print(
-            f"{s.uid:<28} {s.category:<14} expected {rows[-1]['expected']:<13} auto {stats.extra['mode']:<13}"
-            f" entropy {entropy:.3f}"
-        )
-    acc = sum(r["expected"] == r["chosen"] for r in rows) / len(rows)
-    print(f"auto accuracy vs categories: {acc:.1%} over {len(rows)} samples")
-
-    # selection time at 4k
-    s4 = ruler.generate("qa_1", tok, 4096, 1)[0]
-    ids = prompt_ids(tok, s4)
-    with torch.inference_mode():
-        rec = record_prefill(model, ids)
-        times = {}
-        for name in ("snapkv", "windowkv"):
-            ts = []
-            for _ in range(5):
-                for o in rec.observations.values():
-                    o._attn = None
-                    o._sums.clear()
-                t0 = time.perf_counter()
-                derive_cache(rec, name, args.budget)
-                ts.append(time.perf_counter() - t0)
-            times[name] = statistics.median(ts)
-    print(
-        f"selection at {ids.shape[1]} tokens (median of 5): snapkv {times['snapkv'] * 1e3:.1f} ms, "
-        f"windowkv {times['windowkv'] * 1e3:.1f} ms, ratio {times['windowkv'] / times['snapkv']:.2f}; "
-        f"prefill {rec.seconds:.1f}s"
+    command = "python benchmarks/windowkv_auto.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None
     )
-    meta = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.platform(),
-        "command": "python benchmarks/windowkv_auto.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
+    args.seeds = [int(x) for x in args.seeds.split(",")]
+    if len(args.seeds) != 2:
+        ap.error("--seeds takes two seeds: dev and check")
+    args.niah_lengths = [int(x) for x in args.niah_lengths.split(",")]
+    args.niah_depths = [float(x) for x in args.niah_depths.split(",")]
+    args.niah_check_depths = [float(x) for x in args.niah_check_depths.split(",")]
+    protocols = [p for p in args.protocols.split(",") if p]
+    if any(p not in PROTOCOLS for p in protocols):
+        ap.error(f"--protocols: choose from {', '.join(PROTOCOLS)}")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    rows: list[dict[str, Any]] = []
+    for spec in args.models.split(","):
+        name, length = spec.rsplit(":", 1)
+        model, tok = load_model(name, progress=False)
+        samples = build_samples(tok, int(length), args)
+        print(f"{name}: {len(samples)} samples", flush=True)
+        for set_name, split, s in samples:
+            for protocol in protocols:
+                ids = compressed_ids(s, tok, protocol)
+                chosen, stats, seconds = decide(model, ids, args.budget)
+                rows.append(
+                    {
+                        "model": name,
+                        "protocol": protocol,
+                        "set": set_name,
+                        "split": split,
+                        "task": s.task,
+                        "uid": f"{s.task}/{s.index}" + (f"@{s.meta['seed']}" if "seed" in s.meta else ""),
+                        "category": s.category,
+                        "expected": expected(s.category),
+                        "chosen": chosen,
+                        "tokens": int(ids.shape[-1]),
+                        "stats": stats,
+                        "seconds": round(seconds, 3),
+                    }
+                )
+                print(
+                    f"{name:<20} {protocol:<8} {rows[-1]['uid']:<24} {s.category:<13} auto {chosen:<12} "
+                    + " ".join(f"{k} {v:.3f}" for k, v in stats.items()),
+                    flush=True,
+                )
+        del model
+
+    agree: dict[str, dict[str, Any]] = defaultdict(dict)
+    studies: dict[str, dict[str, Any]] = defaultdict(dict)
+    for model_name in dict.fromkeys(r["model"] for r in rows):
+        for protocol in protocols:
+            sub = [r for r in rows if r["model"] == model_name and r["protocol"] == protocol]
+            agree[model_name][protocol] = agreement(sub)
+            studies[model_name][protocol] = {stat: threshold_study(sub, stat) for stat in STATISTICS}
+    import transformers
+
+    result = {
+        "meta": {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}, CPU",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "command": command,
+            "rule": f"WindowKV auto: localization when window_entropy < {AUTO_ENTROPY_THRESHOLD} at the first layer",
+        },
+        "agreement": agree,
+        "statistics": studies,
+        "rows": rows,
     }
-    with open(args.out, "w") as f:
-        json.dump(
-            {
-                "meta": meta,
-                "accuracy": acc,
-                "rows": rows,
-                "selection_ms": {k: v * 1e3 for k, v in times.items()},
-                "prefill_seconds_4k": rec.seconds,
-                "tokens_4k": ids.shape[1],
-            },
-            f,
-            indent=1,
-        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows_json = ",\n".join("  " + json.dumps(r) for r in result.pop("rows"))
+    head = json.dumps(result, indent=1)[:-2]  # one row per line keeps the file readable and small
+    out.write_text(f'{head},\n "rows": [\n{rows_json}\n ]\n}}\n')
+    report = text_report(result)
+    out.with_suffix(".txt").write_text(report)
+    print(report)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import torch
 
 from dynamickv import BudgetError
 from dynamickv.methods import PrefillInfo, get_method
-from dynamickv.methods.windowkv import default_group_size
+from dynamickv.methods.windowkv import AUTO_ENTROPY_THRESHOLD, AUTO_RECENT_TOKENS, default_group_size
+from dynamickv.scoring import Observation
 from test_methods_reference import make_obs, run_method
 
 
@@ -65,19 +66,73 @@ def test_auto_is_deterministic():
     assert len(set(modes)) == 1 and modes[0] in ("localization", "aggregation")
 
 
+def _layers(n, layers, sharp, seed=0):
+    """Observations whose first layer attends to one window (sharp) or evenly (flat)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for layer in range(layers):
+        q = torch.randn(1, 4, 32, 8, generator=g).abs()
+        k = torch.randn(1, 2, n, 8, generator=g).abs() * 0.01
+        if layer == 0 and sharp:
+            k[:, :, 400:408] = q.mean(2, keepdim=True)[:, :2] * 50  # one window attracts everything
+        out.append(Observation(q, k, 1.0, None, layer))
+    return out
+
+
 def test_auto_reads_concentration():
     method = get_method("windowkv", mode="auto")
-    n = 800
-    q = torch.randn(1, 4, 32, 8)
-    k = torch.randn(1, 2, n, 8) * 0.01  # flat attention: spread over every window
-    from dynamickv.scoring import Observation
+    assert method.decide(_layers(800, 1, sharp=False)[0]) == "aggregation"
+    assert method.decide(_layers(800, 1, sharp=True)[0]) == "localization"
 
-    flat = Observation(q, k, 1.0, None, 0)
-    assert method.decide(flat) == "aggregation"
-    k2 = k.clone()
-    k2[:, :, 400:408] = q[:, :2].mean(2, keepdim=True) * 50  # one window attracts everything
-    sharp = Observation(q.abs(), k2.abs(), 1.0, None, 0)
-    assert method.decide(sharp) == "localization"
+
+@pytest.mark.parametrize("sharp", [False, True])
+def test_auto_keeps_exactly_what_its_chosen_mode_keeps(sharp):
+    """auto decides at the first layer; budgets, windows and group sharing then follow that mode."""
+    obs = _layers(800, 4, sharp)
+    kept, m = run_method(get_method("windowkv", mode="auto", gamma=2), obs, 128)
+    assert m.chosen_mode == ("localization" if sharp else "aggregation")
+    fixed, f = run_method(get_method("windowkv", mode=m.chosen_mode, gamma=2), obs, 128)
+    assert m.budgets() == f.budgets()
+    assert all(torch.equal(a, b) for a, b in zip(kept, fixed))
+
+
+@pytest.mark.parametrize(
+    "entropy,mode",
+    [
+        (AUTO_ENTROPY_THRESHOLD - 1e-6, "localization"),
+        (AUTO_ENTROPY_THRESHOLD, "aggregation"),
+        (1.0, "aggregation"),
+    ],
+)
+def test_decide_compares_window_entropy_with_the_threshold(monkeypatch, entropy, mode):
+    method = get_method("windowkv", mode="auto")
+    monkeypatch.setattr(method, "window_entropy", lambda obs: entropy)
+    assert method.decide(_layers(800, 1, sharp=False)[0]) == mode
+
+
+def test_window_entropy_leaves_out_sinks_and_recency():
+    """Attention on the first window (sinks) or just before the observation window (recency), which
+    every prompt has whatever its task, does not count as concentration."""
+    n = 800
+    q = torch.ones(1, 4, 32, 8)
+    k = torch.zeros(1, 2, n, 8)
+    method = get_method("windowkv", mode="auto")
+    assert method.window_entropy(Observation(q, k, 1.0, None, 0)) == pytest.approx(1.0)
+    k[:, :, :8] = 3.0  # nearly all attention on the first window; the rest stays uniform
+    assert method.window_entropy(Observation(q, k, 1.0, None, 0)) == pytest.approx(1.0, abs=1e-4)
+    k[:, :, n - 16 - AUTO_RECENT_TOKENS : n - 16] = 3.0  # and on the recent tokens
+    assert method.window_entropy(Observation(q, k, 1.0, None, 0)) == pytest.approx(1.0, abs=1e-4)
+    k[:, :, 400:408] = 3.0  # a hot window in the context: now the attention is concentrated
+    assert method.window_entropy(Observation(q, k, 1.0, None, 0)) < 0.5
+
+
+def test_window_entropy_of_a_short_prompt_is_spread():
+    q = torch.ones(1, 4, 32, 8)
+    k = torch.zeros(1, 2, AUTO_RECENT_TOKENS + 32, 8)
+    k[:, :, 8:16] = 3.0
+    method = get_method("windowkv", mode="auto")
+    assert method.window_entropy(Observation(q, k, 1.0, None, 0)) == 1.0
+    assert method.decide(Observation(q, k, 1.0, None, 0)) == "aggregation"
 
 
 def test_default_group_size():
@@ -94,3 +149,22 @@ def test_default_group_size():
 def test_bad_parameters(params, budget, layers):
     with pytest.raises(BudgetError):
         get_method("windowkv", **params).validate(budget, layers)
+
+
+@pytest.mark.slow
+def test_auto_on_a_real_needle_prompt(smollm2, tmp_path):
+    """SmolLM2 on a RULER needle prompt (raw protocol): ``auto`` agrees with the category
+    (synthetic -> aggregation), reports it, and keeps exactly what that mode keeps."""
+    from dynamickv.eval import ruler
+    from dynamickv.replay import derive_cache, record_prefill
+
+    model, tok = smollm2
+    sample = ruler.generate("niah_single_2", tok, 1024, 1, seed=3, cache_dir=tmp_path)[0]
+    ids = tok(sample.prompt, return_tensors="pt").input_ids[:, :-1]
+    record = record_prefill(model, ids)
+    auto_cache, stats = derive_cache(record, "windowkv", 128)
+    assert stats.extra["mode"] == "aggregation"
+    fixed_cache, fixed = derive_cache(record, "windowkv:mode=aggregation", 128)
+    assert stats.kept_per_layer == fixed.kept_per_layer and sum(stats.kept_per_layer) <= 128 * 30
+    for layer in stats.compressed_layers:
+        assert torch.equal(auto_cache.layers[layer].positions, fixed_cache.layers[layer].positions)

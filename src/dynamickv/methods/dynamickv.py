@@ -201,18 +201,25 @@ class DynamicKV(HeadBudgets, Method):
             new = int(alloc[j])
             if new >= self._kept[j]:  # a layer never grows back
                 continue
-            # each head keeps its top `new` candidates; head-adaptive: the heads share `h * new`
-            keep, cand = shrink_candidates(self._cand[j], new, self.window, self.head_alpha())
-            if self.allocation == "candidates":
-                index = keep if isinstance(keep, torch.Tensor) else keep.index
-                width = cand.shape[-1]
-                counted = self._counted[j].gather(
-                    -1, index[..., :width].clamp_max(self._counted[j].shape[-1] - 1)
-                )
-                self._counted[j] = torch.where(torch.isfinite(cand), counted, cand)
-            self._cand[j] = cand
+            old = self._kept[j]
             self._kept[j] = new
-            ops.append((j, keep))
+            if self.head_adaptive:  # the heads share `h * new` (counts differ per head)
+                keep, cand = shrink_candidates(self._cand[j], new, self.window, self.head_alpha())
+                if self.allocation == "candidates":
+                    index = keep if isinstance(keep, torch.Tensor) else keep.index
+                    at = index[..., : cand.shape[-1]].clamp_max(self._counted[j].shape[-1] - 1)
+                    counted = self._counted[j].gather(-1, at)
+                    self._counted[j] = torch.where(torch.isfinite(cand), counted, cand)
+                self._cand[j] = cand
+                ops.append((j, keep))
+                continue
+            # every head keeps its top `new` candidates (in cache order), then its window
+            top = stable_topk(self._cand[j], new)[1].sort(dim=-1).values
+            self._cand[j] = self._cand[j].gather(-1, top)
+            if self.allocation == "candidates":
+                self._counted[j] = self._counted[j].gather(-1, top)
+            win = torch.arange(old, old + self.window, device=top.device).expand(b, h, self.window)
+            ops.append((j, torch.cat([top, win], dim=-1)))
         return ops
 
     def budgets(self) -> list[int]:

@@ -20,6 +20,11 @@ Mode = Literal["localization", "aggregation", "auto"]
 PAPER_SETTINGS = {"localization": (8, 16), "aggregation": (16, 32)}
 #: Normalised entropy of the window scores below which ``auto`` picks localization (see ``decide``).
 AUTO_ENTROPY_THRESHOLD = 0.75
+#: Tokens just before the observation window that ``auto`` leaves out: every prompt's last queries
+#: attend to their own neighbourhood (recency), which says nothing about where the answer is.
+AUTO_RECENT_TOKENS = 256
+#: Fewer windows than this left to measure: too little context to call anything concentrated.
+AUTO_MIN_WINDOWS = 8
 
 
 def default_group_size(num_layers: int) -> int:
@@ -49,10 +54,18 @@ class WindowKV(Method):
     ``first = 2 B_r - last``, linear over groups, with ``B_r = B - alpha`` so that budgets average
     to ``B`` including the window.
 
-    ``mode="auto"`` needs no classifier: at the first layer it measures how concentrated the
-    observation window's attention over the windows is (normalised entropy); concentrated attention
-    means the answer sits in a few places (localization), spread attention means the task draws on
-    the whole context (aggregation).
+    ``mode="auto"`` needs no classifier, no training and no extra model: at the first compressed
+    layer it measures how concentrated the observation window's attention over the context windows is
+    (:meth:`window_entropy`) and picks localization when it is concentrated (:meth:`decide`). This is
+    the paper's distinction read from the model itself: localization tasks (QA) draw on a few places of
+    the context, aggregation tasks (summaries, counting) on all of it. What it does *not* do is recover
+    the task categories the paper's trained classifier reproduces (QA -> localization, everything else
+    -> aggregation): on SmolLM2-135M and Qwen2.5-Coder-0.5B, first-layer attention is diffuse for every
+    RULER, NIAH and multi_news prompt, so ``auto`` picks aggregation, and QA prompts are no more
+    concentrated than needle retrieval, whose categories say aggregation although it is the most local
+    task there is. ``benchmarks/windowkv_auto.py`` measures the agreement and the statistics tried
+    (``docs/results/windowkv_auto.txt``). When the category is known, pass the mode explicitly
+    (``dynamickv eval --windowkv-mode category`` does so per sample).
 
     Attributes:
         mode: ``"localization"``, ``"aggregation"`` or ``"auto"``.
@@ -142,24 +155,30 @@ class WindowKV(Method):
         self._shared: torch.Tensor | None = None
 
     def decide(self, obs: Observation) -> str:
-        """The ``auto`` rule: localization when window attention is concentrated."""
+        """The ``auto`` rule: localization when the window attention is concentrated, i.e. its
+        normalised entropy (:meth:`window_entropy`) is below :data:`AUTO_ENTROPY_THRESHOLD`."""
         entropy = self.window_entropy(obs)
         return "localization" if entropy < AUTO_ENTROPY_THRESHOLD else "aggregation"
 
     def window_entropy(self, obs: Observation) -> float:
         """Normalised entropy (0..1) of the localization window scores at this layer, batch mean.
 
-        The first window (attention sinks) is left out: every prompt concentrates there.
+        Scores are the localization setting's (``omega``-token windows, the last ``alpha`` queries,
+        all heads averaged). Two kinds of windows are left out because every prompt concentrates
+        there, whatever its task: the first window (attention sinks) and the windows in the last
+        :data:`AUTO_RECENT_TOKENS` tokens before the observation window (recency). 1.0 (spread,
+        hence aggregation) when fewer than :data:`AUTO_MIN_WINDOWS` windows remain.
         """
         omega, alpha = self.settings("localization")
         alpha = min(alpha, obs.num_obs)
         tok = obs.scores(alpha, per_kv_head=False).clamp_min(0).nan_to_num(0.0)
         m = tok.shape[-1] // omega
-        if m < 3:
+        far = m - AUTO_RECENT_TOKENS // omega  # windows [1, far) are neither sinks nor recent
+        if far - 1 < AUTO_MIN_WINDOWS:
             return 1.0
-        win = tok[..., : m * omega].reshape(tok.shape[0], m, omega).mean(-1)[:, 1:]
+        win = tok[..., : m * omega].reshape(tok.shape[0], m, omega).mean(-1)[:, 1:far]
         p = win / win.sum(-1, keepdim=True).clamp_min(1e-12)
-        ent = -(p * p.clamp_min(1e-12).log()).sum(-1) / math.log(m - 1)
+        ent = -(p * p.clamp_min(1e-12).log()).sum(-1) / math.log(far - 1)
         return float(ent.mean())
 
     def compress(self, layer: int, obs: Observation) -> list[KeepOp]:
