@@ -70,27 +70,54 @@ def prepare(run: Path, out: Path) -> None:
     print(f"{len(samples)} prompts ({config.get('protocol')} protocol) -> {out}")
 
 
+def _records(run: Path) -> list[dict[str, Any]]:
+    """The run's predictions: ``predictions.jsonl``, or the shard files of a sharded run cut short."""
+    from dynamickv.eval import distributed
+    from dynamickv.eval.runner import load_predictions, record_key
+
+    records = load_predictions(run / "predictions.jsonl", repair=False)
+    seen = {record_key(r) for r in records}
+    for shard in distributed.shard_files(run):
+        for r in load_predictions(shard, repair=False):
+            if record_key(r) not in seen:
+                seen.add(record_key(r))
+                records.append(r)
+    return records
+
+
+def _cell(r: dict[str, Any]) -> tuple[str, str]:
+    return r["method"], "full" if r["budget"] is None else str(r["budget"])
+
+
 def score(run: Path, peer_files: list[Path]) -> dict[str, Any]:
+    """Both libraries on the *same* samples: those every configuration of both answered (a run cut
+    short by a time limit leaves some cells with fewer samples; comparing them would compare sets)."""
     from dynamickv.eval.prompts import sample_uid
-    from dynamickv.eval.runner import get_scorer, load_predictions
+    from dynamickv.eval.runner import get_scorer
 
     config, _, samples = _samples_of_run(run)
     scorer = get_scorer(config["benchmark"])
     by_uid = {sample_uid(s): s for s in samples}
     peer = [json.loads(line) for f in peer_files for line in f.read_text().splitlines() if line.strip()]
-    ours = load_predictions(run / "predictions.jsonl", repair=False)
+    peer = [r for r in peer if "error" not in r]
+    ours = _records(run)
+    cells: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for r in ours + peer:
+        cells[_cell(r)].add(r["uid"])
+    common = set.intersection(*cells.values()) if cells else set()
+    common &= set(by_uid)
     full = {r["uid"]: r["prediction"] for r in ours if r["method"] == "fullkv"}
     agree = [full[r["uid"]] == r["prediction"] for r in peer if r["method"] == "kvpress-none" and r["uid"] in full]
     tables: dict[str, dict[str, Any]] = {}
     for source, records in (("dynamickv", ours), ("kvpress", peer)):
         grouped: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
         for r in records:
-            if r["uid"] not in by_uid:
-                continue
-            key = (r["method"], "full" if r["budget"] is None else str(r["budget"]))
-            grouped[key][r["task"]].append((by_uid[r["uid"]], r["prediction"]))
+            if r["uid"] in common:
+                grouped[_cell(r)][r["task"]].append((by_uid[r["uid"]], r["prediction"]))
         for (method, budget), per_task in grouped.items():
-            task_scores = {t: float(scorer.task(t, [p[0] for p in v], [p[1] for p in v])[0]) for t, v in per_task.items()}
+            task_scores = {
+                t: float(scorer.task(t, [p[0] for p in v], [p[1] for p in v])[0]) for t, v in per_task.items()
+            }
             entry = tables.setdefault(method, {"source": source, "budgets": {}})
             entry["budgets"][budget] = {
                 "average": sum(task_scores.values()) / len(task_scores),
@@ -101,11 +128,16 @@ def score(run: Path, peer_files: list[Path]) -> dict[str, Any]:
     for r in peer:
         if "pyramid" in r:
             pyramids[(r["method"], str(r["budget"]))].add(r["pyramid"])
+    tasks = defaultdict(int)
+    for uid in common:
+        tasks[by_uid[uid].task] += 1
     result = {
         "benchmark": config["benchmark"],
         "model": config["model"],
         "protocol": config.get("protocol"),
         "samples": len(samples),
+        "common_samples": len(common),
+        "common_per_task": dict(sorted(tasks.items())),
         "fullkv_agreement": {"equal": sum(agree), "of": len(agree)},
         "pyramid_built": {f"{m}@{b}": sorted(v) for (m, b), v in pyramids.items()},
         "methods": tables,
@@ -121,8 +153,10 @@ def comparison_md(result: dict[str, Any]) -> str:
     lines = [
         f"# {result['benchmark']} - {result['model']}: dynamickv and kvpress 0.5.5, same prompts",
         "",
-        f"Protocol: {result['protocol']}. Samples: {result['samples']}. Average over tasks of the "
-        "benchmark's score; `n` = predictions per cell.",
+        f"Protocol: {result['protocol']}. Every cell is computed on the same {result['common_samples']} samples "
+        f"(of {result['samples']}): those every configuration of both libraries answered. Per task: "
+        + ", ".join(f"{t} {n}" for t, n in result["common_per_task"].items())
+        + ". Average over tasks of the benchmark's score.",
         f"kvpress's uncompressed answers equal dynamickv's FullKV answers on "
         f"{result['fullkv_agreement']['equal']}/{result['fullkv_agreement']['of']} samples.",
         "",

@@ -64,6 +64,10 @@ def _generate(model, ids, mask=None):
         ("windowkv:mode=aggregation", 512),
         ("adakv", 64),
         ("h2o:window=4", "25%"),
+        ("dynamickv:rows=separate", 64),
+        ("dynamickv:rows=separate", 512),
+        ("dynamickv:rows=separate;pooling=forward;kernel=12;min_ratio=0.5", 64),
+        ("dynamickv:rows=separate;heads=adaptive", 64),
     ],
 )
 def test_each_row_answers_as_alone(attn, spec, budget):

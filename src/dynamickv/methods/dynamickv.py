@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -10,6 +11,7 @@ import torch
 from ..errors import BudgetError
 from ..heads import HeadBudgets, shrink_candidates
 from ..scoring import POOLINGS, Observation, stable_topk
+from ..selection import Selection
 from .allocation import authors_allocation, candidate_allocation, normalized_scores
 from .base import KeepOp, Method, PrefillInfo, select_top
 
@@ -17,6 +19,7 @@ Allocation = Literal["authors", "candidates"]
 #: DynamicKV's pooling: the shared ones, or ``"auto"``, the authors' per family (:data:`FAMILY_POOLING`)
 DynamicPooling = Literal["avg", "max", "forward", "none", "auto"]
 Normalize = Literal["none", "sum"]
+Rows = Literal["shared", "separate"]
 
 
 #: The authors' per-family pooling (their run scripts): max pooling for Mistral and Qwen2, average
@@ -82,6 +85,11 @@ class DynamicKV(HeadBudgets, Method):
         min_ratio: per-layer floor as a fraction of ``B - w``, 0.
         normalize: ``"none"`` or ``"sum"`` (see above).
         sink: leading tokens left out of the allocation's counting, 0.
+        rows: in a left-padded batch, ``"shared"`` (the default, the authors' behaviour): one
+            allocation for the whole batch, from every row's scores, bounded by the shortest row;
+            ``"separate"``: every row is allocated as it would be alone (its own length, budgets and
+            re-allocations), so each row answers exactly as it does alone and layers hold different
+            counts per row (stored packed, see :mod:`dynamickv.ragged`).
         heads: ``"uniform"`` or ``"adaptive"``: within each layer's budget the KV heads share
             ``H * b_l`` tokens by one top-k over all of them (Ada-KV; layer + head adaptive), with
             ``head_floor`` (0.2) of the per-head budget as every head's floor. See
@@ -101,6 +109,7 @@ class DynamicKV(HeadBudgets, Method):
     min_ratio: float = 0.0
     normalize: Normalize = "none"
     sink: int = 0
+    rows: Rows = "shared"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -123,6 +132,13 @@ class DynamicKV(HeadBudgets, Method):
 
     def begin(self, info: PrefillInfo) -> None:
         super().begin(info)
+        self._row_methods: list[DynamicKV] | None = None
+        if self.rows == "separate" and info.rows > 1:
+            self._row_methods = [dataclasses.replace(self, rows="shared") for _ in range(info.rows)]
+            for r, method in enumerate(self._row_methods):
+                method.begin(info.alone(r))
+            self._row_counts: dict[int, torch.Tensor] = {}  # layer -> [b, h] tokens each (row, head) holds
+            return
         self._pooling = family_pooling(info.model_type) if self.pooling == "auto" else self.pooling
         self._base = info.budget - self.window
         self._uniform = info.n_eff <= info.budget
@@ -139,6 +155,8 @@ class DynamicKV(HeadBudgets, Method):
 
     def compress(self, layer: int, obs: Observation) -> list[KeepOp]:
         info = self._require_info()
+        if self._row_methods is not None:
+            return self._compress_rows(layer, obs, info)
         if self._uniform:  # the prompt fits the budget: keep it (minus padding), as every method does
             return [(layer, select_top(self.score, obs, info.budget, self.window, info, self.head_alpha()))]
         scores = self.score(obs)
@@ -222,8 +240,61 @@ class DynamicKV(HeadBudgets, Method):
             ops.append((j, torch.cat([top, win], dim=-1)))
         return ops
 
+    # -- rows="separate": every row allocated alone ---------------------------------------------
+    def _compress_rows(self, layer: int, obs: Observation, info: PrefillInfo) -> list[KeepOp]:
+        """Each row's own DynamicKV on the row's own tokens; their keep operations, merged per layer.
+
+        A row's tokens are the last ``length(r)`` positions (left padding), so its first keep of a
+        layer is offset back into the padded prompt; later keeps (re-allocations) are relative to
+        what the row holds, as the cache expects. A row without an operation on a layer keeps it."""
+        per_layer: dict[int, dict[int, KeepOp]] = {}
+        for r, method in enumerate(self._row_methods or []):
+            offset = info.n - info.length(r)
+            own = Observation(
+                obs.queries[r : r + 1], obs.keys[r : r + 1, :, offset:], obs.scaling, None, obs.layer
+            )
+            for j, index in method.compress(layer, own):
+                per_layer.setdefault(j, {})[r] = (offset if j == layer else 0, index)
+        device, h = obs.keys.device, obs.num_kv_heads
+        return [(j, self._merge_rows(j, rows, info, h, device)) for j, rows in sorted(per_layer.items())]
+
+    def _merge_rows(self, j: int, rows: dict, info: PrefillInfo, h: int, device) -> torch.Tensor | Selection:
+        parts = []
+        for r in range(info.rows):
+            offset, index = rows.get(r, (0, None))
+            if r not in rows or index is None:  # keep what the row holds (a new layer: its real tokens)
+                held = self._row_counts.get(j)
+                if held is None:
+                    n_r = info.length(r)
+                    idx = torch.arange(info.n - n_r, info.n, device=device).expand(h, n_r)
+                    parts.append((idx, torch.full((h,), n_r, dtype=torch.long, device=device)))
+                else:
+                    k = int(held[r].max())
+                    idx = torch.arange(k, device=device).expand(h, k)
+                    parts.append((idx, held[r].to(device)))
+                continue
+            if isinstance(index, Selection):
+                idx, counts = index.index[0] + offset, index.counts[0]
+            else:
+                idx = index[0] + offset
+                counts = torch.full((idx.shape[0],), idx.shape[-1], dtype=torch.long, device=idx.device)
+            parts.append((idx.to(device), counts.to(device)))
+        width = max(p[0].shape[-1] for p in parts)
+        index = torch.zeros(info.rows, h, width, dtype=torch.long, device=device)
+        counts = torch.stack([c for _, c in parts])
+        for r, (idx, _) in enumerate(parts):
+            index[r, :, : idx.shape[-1]] = idx
+        self._row_counts[j] = counts.cpu()
+        if int(counts.min()) == int(counts.max()):
+            return index[..., : int(counts.max())]
+        return Selection(index, counts)
+
     def budgets(self) -> list[int]:
-        """Current per-layer budgets (window included); final after the last layer."""
+        """Current per-layer budgets (window included); final after the last layer. With
+        ``rows="separate"``: the longest row's."""
+        if self._row_methods is not None:
+            longest = max(range(len(self._row_methods)), key=self._require_info().length)
+            return self._row_methods[longest].budgets()
         if self._uniform:
             return list(self._budgets)
         return [k + self.window for k in self._kept]
