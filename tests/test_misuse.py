@@ -99,6 +99,7 @@ def test_every_parameter_of_every_method_is_settable_in_a_spec(model):
         "min_ratio": "0.25",
         "normalize": "sum",
         "sink": "2",
+        "rows": "separate",
     }
     from dataclasses import fields
 
@@ -109,7 +110,7 @@ def test_every_parameter_of_every_method_is_settable_in_a_spec(model):
         method = get_method(spec)
         for p in params:
             assert getattr(method, p) == parsed[p]
-            assert p in ("pooling", "mode", "heads", "allocation", "normalize") or not isinstance(
+            assert p in ("pooling", "mode", "heads", "allocation", "normalize", "rows") or not isinstance(
                 parsed[p], str
             )
         with compress(model, spec, 40) as c:
