@@ -12,6 +12,7 @@ from ..errors import BudgetError, UnknownMethodError
 from .adakv import AdaKV
 from .base import KeepOp, Method, PrefillInfo
 from .dynamickv import DynamicKV
+from .dynamickv_robust import RobustDynamicKV
 from .fullkv import FullKV
 from .h2o import H2O
 from .pyramidkv import PyramidKV
@@ -20,7 +21,8 @@ from .streamingllm import StreamingLLM
 from .windowkv import WindowKV
 
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (FullKV, StreamingLLM, H2O, SnapKV, PyramidKV, DynamicKV, WindowKV, AdaKV)
+    cls.name: cls
+    for cls in (FullKV, StreamingLLM, H2O, SnapKV, PyramidKV, DynamicKV, RobustDynamicKV, WindowKV, AdaKV)
 }
 
 
@@ -209,6 +211,7 @@ __all__ = [
     "Method",
     "PrefillInfo",
     "PyramidKV",
+    "RobustDynamicKV",
     "SnapKV",
     "StreamingLLM",
     "WindowKV",
