@@ -9,8 +9,9 @@ observation window), averaged over the queries and the KV heads:
   window itself, and on everything else (what the allocation competes for);
 * ``entropy``: the normalised entropy of the *rest* (1: spread evenly, 0: one token);
 * ``cover90``: tokens needed to hold 90% of the rest (median over heads);
-* ``needle_mass``: the share of the rest on the needle / answer tokens (RULER niah, NIAH);
-* ``needle_need``: per pooling, the tokens a head must keep to keep every needle token (the worst
+* ``needle_mass``: the share of the rest on the needle / answer tokens (RULER niah, NIAH), and
+  ``key_mass`` on the 8 tokens just before it (where a question restating the needle's key looks);
+* ``needle_need``: per pooling (centred avg and max with kernel 7, forward with 12), the tokens a head must keep to keep every needle token (the worst
   needle token's rank among the layer's pooled scores, median over heads): the budget this layer
   needs for the answer to survive;
 
@@ -33,10 +34,13 @@ import torch
 from dynamickv.eval.base import Sample
 
 RECORDS = "attention.jsonl"
-POOLINGS = ("avg", "max", "forward")
+#: The poolings compared, with their kernels: SnapKV's/DynamicKV's centred ones, dynamickv-robust's.
+POOLINGS = {"avg": 7, "max": 7, "forward": 12}
+#: Tokens just before the needle: where a question that restates the needle's key looks.
+KEY_SPAN = 8
 
 
-def layer_statistics(obs, window: int, sink: int, kernel: int, needle: list[list[int]] | None) -> dict:
+def layer_statistics(obs, window: int, sink: int, needle: list[list[int]] | None) -> dict:
     """The statistics of one layer's :class:`~dynamickv.scoring.Observation` (see the module doc)."""
     from dynamickv.scoring import pool_scores
 
@@ -64,11 +68,15 @@ def layer_statistics(obs, window: int, sink: int, kernel: int, needle: list[list
         idx = torch.tensor([t for a, b in needle for t in range(a, b) if t < n - window], dtype=torch.long)
         if idx.numel():
             out["needle_mass"] = float((per_head[:, idx].sum(-1) / rest_mass.clamp_min(1e-30)).mean())
+            first = int(idx.min())
+            key = torch.arange(max(s, first - KEY_SPAN), first, dtype=torch.long)
+            out["key_mass"] = float((per_head[:, key].sum(-1) / rest_mass.clamp_min(1e-30)).mean())
             scores = per_head[:, : n - window].unsqueeze(0)
             need = {}
-            for mode in POOLINGS:
+            for mode, kernel in POOLINGS.items():
                 pooled = pool_scores(scores, kernel, mode)[0]  # [h_kv, n - w]
-                ranks = pooled.argsort(dim=-1, descending=True).argsort(dim=-1)  # 0 = best
+                order = torch.sort(pooled, dim=-1, descending=True, stable=True).indices
+                ranks = order.argsort(dim=-1)  # 0 = best; ties to the lower position, as selections do
                 need[mode] = float((ranks[:, idx].max(dim=-1).values + 1).float().median())
             out["needle_need"] = need
     return out
@@ -83,7 +91,6 @@ def study_sample(
     protocol: str = "raw",
     window: int = 8,
     sink: int = 4,
-    kernel: int = 7,
 ) -> dict[str, Any]:
     """One sample's line of ``attention.jsonl``."""
     from dynamickv.analysis.retention import needle_spans, sample_uid
@@ -98,8 +105,7 @@ def study_sample(
     try:
         spans = needle_spans(sample, tokenizer, head[0].tolist())
         layers = [
-            layer_statistics(record.observations[j], window, sink, kernel, spans)
-            for j in range(len(record.layers))
+            layer_statistics(record.observations[j], window, sink, spans) for j in range(len(record.layers))
         ]
         kept: dict[str, Any] = {}
         for spec in methods:
@@ -190,6 +196,7 @@ def summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     needles = [r for r in records if r["layers"] and "needle_need" in r["layers"][0]]
     if needles:
         out["needle_mass"] = _mean([[la.get("needle_mass", 0.0) for la in r["layers"]] for r in needles])
+        out["key_mass"] = _mean([[la.get("key_mass", 0.0) for la in r["layers"]] for r in needles])
         out["needle_need"] = {
             mode: _mean([[la["needle_need"][mode] for la in r["layers"]] for r in needles])
             for mode in POOLINGS
@@ -242,8 +249,8 @@ def plot(records: Sequence[dict[str, Any]], out: str | Path, title: str = "") ->
     paths.append(path)
     if "needle_need" in s:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4))
-        for mode, style in zip(POOLINGS, ("--", ":", "-.")):
-            a1.plot(layers, s["needle_need"][mode], "k" + style, label=f"needed, {mode} pooling")
+        for (mode, kernel), style in zip(POOLINGS.items(), ("--", ":", "-.")):
+            a1.plot(layers, s["needle_need"][mode], "k" + style, label=f"needed, {mode} pooling (k={kernel})")
         for m, kept in s["kept"].items():
             a1.plot(layers, kept, label=f"kept: {m}")
         a1.set_yscale("log")
