@@ -17,8 +17,8 @@ reported on. Prints the ranking and writes it as JSON next to the first run (``s
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 BUDGETS = ("64", "128", "256")
@@ -48,9 +48,12 @@ def rank(runs: list[Path]) -> list[dict]:
 
 
 def main() -> None:
-    runs = [Path(p) for p in sys.argv[1:]]
-    if not runs:
-        raise SystemExit("usage: select_robust.py RUN [RUN ...]")
+    ap = argparse.ArgumentParser(description="Rank the DynamicKV variants of dev runs (rule in the docstring).")
+    ap.add_argument("runs", nargs="+", type=Path, help="eval output folders, one per model")
+    runs = ap.parse_args().runs
+    for r in runs:
+        if not (r / "metrics.json").is_file():
+            raise SystemExit(f"error: {r} has no metrics.json (run `dynamickv eval` there first)")
     rows = rank(runs)
     for r in rows:
         print(f"{r['score']:7.2f}  {r['spec']}")

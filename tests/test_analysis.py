@@ -218,7 +218,7 @@ def test_cli_end_to_end(tmp_path, model, tok, monkeypatch):
     """``analyze`` on NIAH with the tiny model: records, summary and plots; a second run resumes."""
     import dynamickv.models
 
-    monkeypatch.setattr(dynamickv.models, "load_model", lambda name, progress=False: (model, tok))
+    monkeypatch.setattr(dynamickv.models, "load_model", lambda name, progress=False, **kw: (model, tok))
     out = tmp_path / "o"
     analyze_command(out=out, benchmark="niah", lengths="200", depths="30,70", budget="40")
     recs = retention.load_records(out)

@@ -57,6 +57,17 @@ def test_kept_never_exceeds_group_budget_by_windows():
         assert b - omega < k.shape[-1] <= b
 
 
+def test_remainder_longer_than_the_review_budget_stays_within_it():
+    """(n - alpha) % omega = 15 tokens left over after the whole windows, but a group keeps only 8
+    review tokens: the remainder's most recent 8 go with the window, nothing more."""
+    n, L, budget = 32 + 16 * 20 + 15, 4, 40  # alpha 32, omega 16
+    obs = make_obs(n, L, queries=32)
+    kept, m = run_method(get_method("windowkv", mode="aggregation", gamma=4), obs, budget)
+    for k in kept:
+        assert k.shape[-1] == budget
+        assert k[0, 0].tolist() == list(range(n - budget, n))
+
+
 def test_auto_is_deterministic():
     obs = make_obs(500, 4, queries=32, seed=3)
     modes = []

@@ -206,8 +206,10 @@ class WindowKV(Method):
     ) -> torch.Tensor:
         n, b = info.n, obs.batch
         rest = (n - alpha) % omega  # kept with the observation window
-        tail = alpha + rest
-        m = (n - tail) // omega
+        m = (n - alpha - rest) // omega
+        # the remainder is kept with the window, its most recent tokens first when the review budget
+        # cannot hold all of it (a sliding layer's visible tokens, a budget just above alpha)
+        tail = alpha + min(rest, max(review, 0))
         tok = obs.scores(alpha, per_kv_head=False)[:, : m * omega].reshape(b, m, omega)
         if self.chosen_mode == "aggregation":
             win = tok.topk(max(1, omega // 2), dim=-1).values.mean(-1)
@@ -232,9 +234,10 @@ class WindowKV(Method):
         lengths = [info.length(r) for r in range(b)]
         whole = [lengths[r] <= budgets[r] for r in range(b)]
         rest = [0 if whole[r] else (lengths[r] - alpha) % omega for r in range(b)]
-        tail = [lengths[r] if whole[r] else alpha + rest[r] for r in range(b)]
-        m = [(lengths[r] - tail[r]) // omega for r in range(b)]
+        m = [0 if whole[r] else (lengths[r] - alpha - rest[r]) // omega for r in range(b)]
         review = [budgets[r] - alpha for r in range(b)]
+        # as in _select: the remainder's most recent tokens when the review budget cannot hold it all
+        tail = [lengths[r] if whole[r] else alpha + min(rest[r], max(review[r], 0)) for r in range(b)]
         count = [min((review[r] - rest[r]) // omega if review[r] > rest[r] else 0, m[r]) for r in range(b)]
         width = max(max(m), 1)
         pad = torch.tensor([n - length for length in lengths], device=device).view(b, 1, 1)
