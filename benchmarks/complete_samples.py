@@ -35,9 +35,7 @@ def main() -> None:
     records = _records(args.run)
     grid = runner.configurations(config["methods"], config["budgets"])
     have = {runner.record_key(r) for r in records}
-    complete = [
-        s for s in samples if all((sample_uid(s), c.method, c.budget_key) in have for c in grid)
-    ]
+    complete = [s for s in samples if all((sample_uid(s), c.method, c.budget_key) in have for c in grid)]
     if not complete:
         raise SystemExit(f"error: no sample of {args.run} has every configuration")
     path = args.run / runner.PREDICTIONS_FILE
@@ -45,7 +43,9 @@ def main() -> None:
         with open(path, "w", encoding="utf-8") as fh:
             for r in records:
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    metrics = runner.finalize(args.run, complete, grid, records, runner.get_scorer(config["benchmark"]), config)
+    metrics = runner.finalize(
+        args.run, complete, grid, records, runner.get_scorer(config["benchmark"]), config
+    )
     info = {
         "complete": len(complete),
         "of": len(samples),

@@ -55,7 +55,9 @@ def presses(kvpress):
     """name -> factory(compression_ratio) -> press."""
     return {
         "kvpress-snapkv": lambda r: kvpress.SnapKVPress(compression_ratio=r),
-        "kvpress-snapkv:w32k7": lambda r: kvpress.SnapKVPress(compression_ratio=r, window_size=32, kernel_size=7),
+        "kvpress-snapkv:w32k7": lambda r: kvpress.SnapKVPress(
+            compression_ratio=r, window_size=32, kernel_size=7
+        ),
         "kvpress-pyramidkv": lambda r: kvpress.PyramidKVPress(compression_ratio=r),
         "kvpress-pyramidkv:w8k7": lambda r: kvpress.PyramidKVPress(
             compression_ratio=r, window_size=8, kernel_size=7

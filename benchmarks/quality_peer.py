@@ -107,7 +107,9 @@ def score(run: Path, peer_files: list[Path]) -> dict[str, Any]:
     common = set.intersection(*cells.values()) if cells else set()
     common &= set(by_uid)
     full = {r["uid"]: r["prediction"] for r in ours if r["method"] == "fullkv"}
-    agree = [full[r["uid"]] == r["prediction"] for r in peer if r["method"] == "kvpress-none" and r["uid"] in full]
+    agree = [
+        full[r["uid"]] == r["prediction"] for r in peer if r["method"] == "kvpress-none" and r["uid"] in full
+    ]
     tables: dict[str, dict[str, Any]] = {}
     for source, records in (("dynamickv", ours), ("kvpress", peer)):
         grouped: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -170,8 +172,11 @@ def comparison_md(result: dict[str, Any]) -> str:
             cells.append("" if cell is None else f"{cell['average']:.1f}")
         lines.append(f"| {name} | {entry['source']} | " + " | ".join(cells) + " |")
     if result["pyramid_built"]:
-        lines += ["", "kvpress PyramidKV built a pyramid (else: uniform SnapKV budgets): "
-                  + ", ".join(f"{k}: {v}" for k, v in sorted(result["pyramid_built"].items()))]
+        lines += [
+            "",
+            "kvpress PyramidKV built a pyramid (else: uniform SnapKV budgets): "
+            + ", ".join(f"{k}: {v}" for k, v in sorted(result["pyramid_built"].items())),
+        ]
     return "\n".join(lines) + "\n"
 
 

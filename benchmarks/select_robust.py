@@ -48,7 +48,9 @@ def rank(runs: list[Path]) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Rank the DynamicKV variants of dev runs (rule in the docstring).")
+    ap = argparse.ArgumentParser(
+        description="Rank the DynamicKV variants of dev runs (rule in the docstring)."
+    )
     ap.add_argument("runs", nargs="+", type=Path, help="eval output folders, one per model")
     runs = ap.parse_args().runs
     for r in runs:
