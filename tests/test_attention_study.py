@@ -51,3 +51,25 @@ def test_study_records_and_plots(tmp_path):
     assert again == rows  # resumed from the file, nothing recomputed
     paths = attention.plot(rows, tmp_path, "tiny")
     assert [p.name for p in paths] == ["attention_mass.png"] and paths[0].stat().st_size > 1000
+
+
+def test_needle_plots_from_records(tmp_path):
+    pytest.importorskip("matplotlib")
+    layer = {
+        "sink": 0.2,
+        "window": 0.1,
+        "rest": 0.7,
+        "entropy": 0.5,
+        "cover90": 30,
+        "needle_mass": 0.01,
+        "key_mass": 0.2,
+        "needle_need": {"avg": 900, "max": 950, "forward": 40},
+    }
+    method = {"kept": [128] * 3, "needle_whole": [False, True, True], "needle_any_head": [True] * 3}
+    rows = [{"layers": [layer] * 3, "methods": {"snapkv": method}}]
+    s = attention.summary(rows)
+    assert s["key_mass"] == [0.2] * 3 and s["needle_any_head_share"]["snapkv"] == [1.0] * 3
+    assert s["needle_whole_share"]["snapkv"] == [0.0, 1.0, 1.0]
+    paths = attention.plot(rows, tmp_path, "tiny")
+    names = ["attention_mass.png", "needle_budget.png", "needle_key_mass.png"]
+    assert [p.name for p in paths] == names and all(p.stat().st_size > 1000 for p in paths)

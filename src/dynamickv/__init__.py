@@ -1,7 +1,8 @@
 """dynamickv: task-adaptive, layer-adaptive KV-cache compression for Hugging Face transformers.
 
->>> from dynamickv import compress
->>> with compress(model, "dynamickv", budget=128):
+>>> from dynamickv import compress, load_model
+>>> model, tok = load_model("smollm2-135m")
+>>> with compress(model, "dynamickv-robust", budget=128):
 ...     out = model.generate(**inputs, max_new_tokens=32)
 """
 
@@ -20,12 +21,24 @@ from .errors import (
     UnsupportedModelError,
     UsageError,
 )
-from .methods import METHODS, Method, get_method
+from .methods import METHODS, RECOMMENDED, Method, get_method
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``load_model`` on first use: it needs the model-file readers of the ``cli`` extra, and plain
+    ``import dynamickv`` (and ``dynamickv --help``) should not pay for them."""
+    if name == "load_model":
+        from .models import load_model
+
+        return load_model
+    raise AttributeError(f"module 'dynamickv' has no attribute {name!r}")
+
+
 __all__ = [
     "METHODS",
+    "RECOMMENDED",
     "SUPPORTED_MODEL_TYPES",
     "Budget",
     "BudgetError",
@@ -44,5 +57,6 @@ __all__ = [
     "compress",
     "get_method",
     "kept_tokens_per_layer",
+    "load_model",
     "parse_budget",
 ]

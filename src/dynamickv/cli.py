@@ -58,14 +58,15 @@ def methods(
     ] = False,
 ) -> None:
     """List the compression methods."""
-    from .methods import METHODS, describe_methods
+    from .methods import METHODS, RECOMMENDED, describe_methods
 
     if as_json:
         typer.echo(json.dumps(describe_methods()))
         return
     width = max(len(n) for n in METHODS)
     for name, cls in METHODS.items():
-        typer.echo(f"{name:<{width}}  {cls.summary}")
+        mark = " (recommended)" if name == RECOMMENDED else ""
+        typer.echo(f"{name:<{width}}  {cls.summary}{mark}")
 
 
 @app.command()
@@ -75,7 +76,9 @@ def generate(
     ],
     question: Annotated[str, typer.Option("--question", "-q", help="question about the context")],
     model: ModelOpt = "smollm2-135m",
-    method: Annotated[str, typer.Option(help="see `dynamickv methods`")] = "dynamickv",
+    method: Annotated[
+        str, typer.Option(help="see `dynamickv methods` (default: the recommended one)")
+    ] = "dynamickv-robust",
     budget: Annotated[str, typer.Option(help="tokens per layer (128) or a ratio (0.1, 10%)")] = "128",
     max_new_tokens: Annotated[int, typer.Option(help="answer length limit")] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -135,15 +138,16 @@ def demo(
     budget: Annotated[str, typer.Option(help="tokens per layer")] = "128",
     context_tokens: Annotated[int, typer.Option(help="approximate haystack length")] = 2000,
     methods_: Annotated[str, typer.Option("--methods", help="comma-separated")] = (
-        "fullkv,streamingllm,h2o,snapkv,pyramidkv,dynamickv,windowkv"
+        "fullkv,dynamickv-robust,streamingllm,h2o,snapkv,pyramidkv,dynamickv,windowkv"
     ),
 ) -> None:
-    """The main job on the embedded model: a needle in a ~2k-token haystack, every method at B."""
+    """The main job on the embedded model: a needle in a ~2k-token haystack, every method at B (the
+    recommended method, marked *, first after the uncompressed reference)."""
     from rich.console import Console
     from rich.table import Table
 
     from .budget import parse_budget
-    from .methods import get_method
+    from .methods import RECOMMENDED, get_method
     from .options import check_positive
 
     names = [m.strip() for m in methods_.split(",") if m.strip()]
@@ -167,7 +171,7 @@ def demo(
         r = answer_report(mdl, tok, context, question, name, budget, 24)
         kept = r["kept_tokens_per_layer"]
         table.add_row(
-            name,
+            f"{name} *" if name == RECOMMENDED else name,
             r["answer"].strip().replace("\n", " ")[:60],
             "yes" if needle_answer.lower() in r["answer"].lower() else "no",
             f"{min(kept)}-{max(kept)}",

@@ -32,7 +32,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask,
 from .budget import Budget, parse_budget
 from .cache import CompressedLayer, _LayerGroup, block_entered, cache_kwarg, mean_kept, padding_tokens
 from .errors import InputError, UnsupportedModelError, UsageError
-from .methods import Method, PrefillInfo, get_method
+from .methods import RECOMMENDED, Method, PrefillInfo, get_method
 from .ragged import RaggedLayer
 from .scoring import Observation
 from .selection import KeepIndex, Selection
@@ -341,7 +341,7 @@ class Compressor:
     def __init__(
         self,
         model: torch.nn.Module,
-        method: str | Method = "dynamickv",
+        method: str | Method = RECOMMENDED,
         budget: Budget | int | float | str = 128,
         *,
         sync_timing: bool = False,
@@ -482,9 +482,12 @@ class Compressor:
 
 def compress(
     model: torch.nn.Module,
-    method: str | Method = "dynamickv",
+    method: str | Method = RECOMMENDED,
     budget: Budget | int | float | str = 128,
     **params: Any,
 ) -> Compressor:
-    """``with compress(model, "dynamickv", 128): model.generate(...)`` — see :class:`Compressor`."""
+    """``with compress(model, "dynamickv-robust", 128): model.generate(...)`` — see :class:`Compressor`.
+
+    The default method is :data:`dynamickv.methods.RECOMMENDED`; pass ``"dynamickv"`` for the paper's
+    algorithm as its authors released it."""
     return Compressor(model, method, budget, **params)

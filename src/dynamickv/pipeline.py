@@ -19,7 +19,7 @@ from .budget import Budget
 from .cache import cache_bytes, cache_kwarg, fork_cache, output_cache
 from .compressor import Compressor, PrefillStats
 from .errors import InputError
-from .methods import Method
+from .methods import RECOMMENDED, Method
 
 _PLACEHOLDER = "\x00DYNAMICKV_SPLIT\x00"
 
@@ -73,7 +73,7 @@ class Pipeline:
         self,
         model: torch.nn.Module,
         tokenizer: Any,
-        method: str | Method = "dynamickv",
+        method: str | Method = RECOMMENDED,
         budget: Budget | int | float | str = 128,
         *,
         use_chat_template: bool = True,

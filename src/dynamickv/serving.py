@@ -398,7 +398,7 @@ def _sync(device: torch.device) -> None:
 def serve(
     model: torch.nn.Module,
     prompts: Sequence[torch.Tensor],
-    method: str = "dynamickv",
+    method: str = "dynamickv-robust",  # methods.RECOMMENDED
     budget: Any = 128,
     *,
     rows: int = 8,

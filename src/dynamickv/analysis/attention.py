@@ -216,7 +216,8 @@ def summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def plot(records: Sequence[dict[str, Any]], out: str | Path, title: str = "") -> list[Path]:
     """``attention_mass.png`` (sink / window / rest per layer, entropy of the rest) and, with needle
     samples, ``needle_budget.png`` (tokens a layer needs to keep the whole needle vs. what each method
-    gives it, and the share of samples where each method kept the whole needle in every head)."""
+    gives it, and the share of samples where each method kept the whole needle in at least one head)
+    and ``needle_key_mass.png`` (the attention on the needle and on the tokens just before it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,7 +249,7 @@ def plot(records: Sequence[dict[str, Any]], out: str | Path, title: str = "") ->
     plt.close(fig)
     paths.append(path)
     if "needle_need" in s:
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 4))
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5.5))
         for (mode, kernel), style in zip(POOLINGS.items(), ("--", ":", "-.")):
             a1.plot(layers, s["needle_need"][mode], "k" + style, label=f"needed, {mode} pooling (k={kernel})")
         for m, kept in s["kept"].items():
@@ -257,17 +258,29 @@ def plot(records: Sequence[dict[str, Any]], out: str | Path, title: str = "") ->
         a1.set_xlabel("layer")
         a1.set_ylabel("tokens per KV head")
         a1.set_title(f"tokens to keep the whole needle vs. kept ({s['needle_samples']} needle samples)")
-        a1.legend(fontsize=7)
+        a1.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
         for m, share in s["needle_any_head_share"].items():
             a2.plot(layers, share, ".-", label=m)
         a2.set_ylim(-0.02, 1.02)
         a2.set_xlabel("layer")
         a2.set_ylabel("share of needle samples")
         a2.set_title("whole needle kept by at least one KV head")
-        a2.legend(fontsize=7)
+        a2.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
         fig.suptitle(title)
         fig.tight_layout()
         path = out / "needle_budget.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+        fig, ax = plt.subplots(figsize=(9, 3.6))
+        ax.plot(layers, s["key_mass"], "o-", label=f"the {KEY_SPAN} tokens before the needle (its key)")
+        ax.plot(layers, s["needle_mass"], "s-", label="the needle (the answer's tokens)")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("share of the non-sink, non-window mass")
+        ax.set_title(f"{title}: where the question looks ({s['needle_samples']} needle samples)".strip(": "))
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / "needle_key_mass.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)

@@ -25,6 +25,11 @@ METHODS: dict[str, type[Method]] = {
     for cls in (FullKV, StreamingLLM, H2O, SnapKV, PyramidKV, DynamicKV, RobustDynamicKV, WindowKV, AdaKV)
 }
 
+#: The method to use when you have no reason to pick another: the best adaptive method on both real
+#: models under the papers' protocol (docs/evaluation.md), chosen on dev sets by a rule fixed in
+#: ``benchmarks/select_robust.py``. ``dynamickv`` stays the paper's algorithm, for reproducing it.
+RECOMMENDED = RobustDynamicKV.name
+
 
 def get_method(name: str | Method, **params: Any) -> Method:
     """Build a method by registry name or spec with optional parameters.
@@ -177,7 +182,8 @@ def _finite(value: float, where: str) -> float:
 def describe_methods() -> list[dict[str, Any]]:
     """Every registered method as plain data (``dynamickv methods --json``): name, summary, paper,
     parameters with their defaults, ``head_adaptive`` (its KV heads split each layer's budget, as
-    configured by default) and ``head_adaptive_option`` (``heads=adaptive`` can be set in a spec)."""
+    configured by default), ``head_adaptive_option`` (``heads=adaptive`` can be set in a spec) and
+    ``recommended`` (true for exactly one method, :data:`RECOMMENDED`)."""
     out = []
     for name, cls in METHODS.items():
         params = {f.name: f.default for f in fields(cls)}
@@ -189,6 +195,7 @@ def describe_methods() -> list[dict[str, Any]]:
                 "params": params,
                 "head_adaptive": params.get("heads") == "adaptive",
                 "head_adaptive_option": "heads" in params,
+                "recommended": name == RECOMMENDED,
             }
         )
     return out
@@ -210,6 +217,7 @@ __all__ = [
     "KeepOp",
     "Method",
     "PrefillInfo",
+    "RECOMMENDED",
     "PyramidKV",
     "RobustDynamicKV",
     "SnapKV",
