@@ -27,6 +27,33 @@ def test_methods_lists_every_method():
     names = [line.split()[0] for line in out.stdout.splitlines()]
     assert names == list(METHODS)
     assert {"fullkv", "dynamickv", "dynamickv-robust", "windowkv", "adakv"} <= set(names)
+    assert [line.split()[0] for line in out.stdout.splitlines() if "(recommended)" in line] == [
+        "dynamickv-robust"
+    ]
+
+
+def test_methods_catalog_is_the_registry():
+    """`dynamickv methods` prints a generated copy of the registry (it needs no torch): they agree."""
+    from dynamickv.catalog import CATALOG
+    from dynamickv.methods import describe_methods
+
+    assert describe_methods() == CATALOG, "run `python -m dynamickv.catalog` after changing a method"
+    out = run("methods", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == describe_methods()
+    assert sum(m["recommended"] for m in CATALOG) == 1
+
+
+@pytest.mark.parametrize("args", [["--help"], ["methods"], ["methods", "--json"], ["eval", "--help"]])
+def test_listing_commands_never_import_torch(args):
+    """`--help` and `methods` start fast: nothing on their path imports torch or transformers."""
+    code = (
+        "import sys; from dynamickv.cli import main; sys.argv = ['dynamickv', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
+        "print('HEAVY', heavy, file=sys.stderr)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert "HEAVY []" in out.stderr, out.stderr[-500:]
 
 
 @pytest.mark.parametrize(

@@ -8,9 +8,6 @@
 
 from __future__ import annotations
 
-from .budget import Budget, parse_budget
-from .cache import CompressedLayer, cache_bytes, kept_tokens_per_layer
-from .compressor import SUPPORTED_MODEL_TYPES, Compressor, PrefillStats, compress
 from .errors import (
     BudgetError,
     DynamicKVError,
@@ -21,19 +18,42 @@ from .errors import (
     UnsupportedModelError,
     UsageError,
 )
-from .methods import METHODS, RECOMMENDED, Method, get_method
+
+#: Names loaded on first use (PEP 562), so that ``import dynamickv`` and ``dynamickv --help`` do not
+#: pay for torch and transformers until something needs them.
+_LAZY = {
+    "Budget": "budget",
+    "parse_budget": "budget",
+    "CompressedLayer": "cache",
+    "cache_bytes": "cache",
+    "kept_tokens_per_layer": "cache",
+    "SUPPORTED_MODEL_TYPES": "compressor",
+    "Compressor": "compressor",
+    "PrefillStats": "compressor",
+    "compress": "compressor",
+    "METHODS": "methods",
+    "RECOMMENDED": "methods",
+    "Method": "methods",
+    "get_method": "methods",
+    "load_model": "models",
+}
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``load_model`` on first use: it needs the model-file readers of the ``cli`` extra, and plain
-    ``import dynamickv`` (and ``dynamickv --help``) should not pay for them."""
-    if name == "load_model":
-        from .models import load_model
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dynamickv' has no attribute {name!r}")
+    import importlib
 
-        return load_model
-    raise AttributeError(f"module 'dynamickv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

@@ -26,58 +26,11 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-import typer
 
-CONFIGS: dict[str, dict[str, Any]] = {
-    "llama-3.1-8b": dict(
-        model_type="llama",
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=128256,
-        max_position_embeddings=1 << 20,
-        rope_theta=500000.0,
-    ),
-    "qwen2.5-7b": dict(
-        model_type="qwen2",
-        hidden_size=3584,
-        intermediate_size=18944,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        vocab_size=152064,
-        max_position_embeddings=1 << 20,
-        rope_theta=1000000.0,
-        use_sliding_window=False,
-    ),
-    "mistral-7b": dict(
-        model_type="mistral",
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        vocab_size=32768,
-        max_position_embeddings=1 << 20,
-        rope_theta=1000000.0,
-        sliding_window=None,
-    ),
-    "tiny": dict(
-        model_type="llama",
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=1 << 16,
-    ),
-}
+from .bench_configs import CONFIGS  # re-exported: benchmarks/ import it from here
 
 
 def build_model(name: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -356,77 +309,3 @@ def print_table(result: dict[str, Any]) -> None:
                 else ("-" if v is None else fmt.format(v))
             )
         print(" | ".join(cells))
-
-
-def register(app) -> None:
-    @app.command()
-    def bench(
-        config: Annotated[str, typer.Option(help=f"model shape: {', '.join(CONFIGS)}")] = "tiny",
-        methods: Annotated[str, typer.Option(help="comma-separated; fullkv = plain transformers")] = (
-            "fullkv,snapkv,pyramidkv,dynamickv"
-        ),
-        budget: Annotated[int, typer.Option(help="tokens kept per layer")] = 1024,
-        lengths: Annotated[str, typer.Option(help="context lengths")] = "32768,65536,131072",
-        device: Annotated[str, typer.Option()] = "cuda" if torch.cuda.is_available() else "cpu",
-        steps: Annotated[int, typer.Option(help="decode steps timed")] = 64,
-        chunk: Annotated[int, typer.Option(help="prefill chunk for MLP/norms")] = 8192,
-        graph: Annotated[bool, typer.Option(help="CUDA-graph the static decode step")] = True,
-        kvpress_path: Annotated[str, typer.Option(help="PYTHONPATH holding kvpress + its transformers")] = "",
-        kvpress_methods: Annotated[str, typer.Option()] = "snapkv,pyramidkv,streamingllm",
-        out: Annotated[Path, typer.Option(help="JSON output")] = Path("bench.json"),
-        batch: Annotated[int, typer.Option(help="rows decoded together (> 1: the serving benchmark)")] = 1,
-        max_batch: Annotated[bool, typer.Option(help="find the largest batch that fits, per method")] = False,
-        distinct: Annotated[int, typer.Option(help="distinct prefilled requests copied over the rows")] = 2,
-        mode: Annotated[
-            str, typer.Option(help="decode step: auto, plain, functional, fused, compiled")
-        ] = "auto",
-    ) -> None:
-        """Benchmark prefill, memory and decode against plain transformers (and kvpress).
-
-        With --batch N (N > 1) or --max-batch: batched decode throughput and time to first token."""
-        from .errors import InputError
-        from .serving import MODES
-
-        if config not in CONFIGS:
-            raise InputError(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
-        if mode not in MODES:
-            raise InputError(f"unknown decode mode {mode!r}; known: {', '.join(MODES)}")
-        if batch < 1 or distinct < 1:
-            raise InputError("--batch and --distinct must be at least 1")
-        try:
-            length_list = [int(x) for x in lengths.split(",")]
-        except ValueError:
-            raise InputError(f"--lengths must be comma-separated integers, got {lengths!r}") from None
-        method_list = [m for m in methods.split(",") if m]
-        if batch > 1 or max_batch:
-            from .bench_batch import serving_bench
-            from .methods import get_method
-
-            for m in method_list:
-                get_method(m)  # unknown names fail before the model is built
-            serving_bench(
-                config,
-                method_list,
-                budget,
-                length_list,
-                device,
-                None if max_batch else batch,
-                steps,
-                distinct,
-                mode,
-                out,
-            )
-            return
-        run_bench(
-            config,
-            method_list,
-            budget,
-            length_list,
-            device,
-            steps,
-            chunk,
-            graph,
-            kvpress_path or None,
-            [m for m in kvpress_methods.split(",") if m],
-            out,
-        )

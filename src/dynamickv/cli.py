@@ -58,15 +58,15 @@ def methods(
     ] = False,
 ) -> None:
     """List the compression methods."""
-    from .methods import METHODS, RECOMMENDED, describe_methods
+    from .catalog import CATALOG  # the registry as data: listing it needs no torch
 
     if as_json:
-        typer.echo(json.dumps(describe_methods()))
+        typer.echo(json.dumps(CATALOG))
         return
-    width = max(len(n) for n in METHODS)
-    for name, cls in METHODS.items():
-        mark = " (recommended)" if name == RECOMMENDED else ""
-        typer.echo(f"{name:<{width}}  {cls.summary}{mark}")
+    width = max(len(m["name"]) for m in CATALOG)
+    for m in CATALOG:
+        mark = " (recommended)" if m["recommended"] else ""
+        typer.echo(f"{m['name']:<{width}}  {m['summary']}{mark}")
 
 
 @app.command()
@@ -184,7 +184,7 @@ def demo(
 
 def _register_optional() -> None:
     """Sub-commands that need the evaluation extra register themselves if their modules exist."""
-    for module in ("dynamickv.eval.cli", "dynamickv.bench", "dynamickv.analysis.cli"):
+    for module in ("dynamickv.eval.cli", "dynamickv.bench_cli", "dynamickv.analysis.cli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError:  # the module is absent or its optional extra is not installed

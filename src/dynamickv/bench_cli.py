@@ -1,0 +1,91 @@
+"""The ``dynamickv bench`` command: its options and checks. The measurements live in
+:mod:`dynamickv.bench`, imported when the command runs, so ``dynamickv --help`` never loads torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .bench_configs import CONFIGS
+
+
+def register(app) -> None:
+    @app.command()
+    def bench(
+        config: Annotated[str, typer.Option(help=f"model shape: {', '.join(CONFIGS)}")] = "tiny",
+        methods: Annotated[str, typer.Option(help="comma-separated; fullkv = plain transformers")] = (
+            "fullkv,snapkv,pyramidkv,dynamickv"
+        ),
+        budget: Annotated[int, typer.Option(help="tokens kept per layer")] = 1024,
+        lengths: Annotated[str, typer.Option(help="context lengths")] = "32768,65536,131072",
+        device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto (cuda when available)")] = "auto",
+        steps: Annotated[int, typer.Option(help="decode steps timed")] = 64,
+        chunk: Annotated[int, typer.Option(help="prefill chunk for MLP/norms")] = 8192,
+        graph: Annotated[bool, typer.Option(help="CUDA-graph the static decode step")] = True,
+        kvpress_path: Annotated[str, typer.Option(help="PYTHONPATH holding kvpress + its transformers")] = "",
+        kvpress_methods: Annotated[str, typer.Option()] = "snapkv,pyramidkv,streamingllm",
+        out: Annotated[Path, typer.Option(help="JSON output")] = Path("bench.json"),
+        batch: Annotated[int, typer.Option(help="rows decoded together (> 1: the serving benchmark)")] = 1,
+        max_batch: Annotated[bool, typer.Option(help="find the largest batch that fits, per method")] = False,
+        distinct: Annotated[int, typer.Option(help="distinct prefilled requests copied over the rows")] = 2,
+        mode: Annotated[
+            str, typer.Option(help="decode step: auto, plain, functional, fused, compiled")
+        ] = "auto",
+    ) -> None:
+        """Benchmark prefill, memory and decode against plain transformers (and kvpress).
+
+        With --batch N (N > 1) or --max-batch: batched decode throughput and time to first token."""
+        from .bench import run_bench
+        from .errors import InputError
+        from .serving import MODES
+
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+
+        if config not in CONFIGS:
+            raise InputError(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
+        if mode not in MODES:
+            raise InputError(f"unknown decode mode {mode!r}; known: {', '.join(MODES)}")
+        if batch < 1 or distinct < 1:
+            raise InputError("--batch and --distinct must be at least 1")
+        try:
+            length_list = [int(x) for x in lengths.split(",")]
+        except ValueError:
+            raise InputError(f"--lengths must be comma-separated integers, got {lengths!r}") from None
+        method_list = [m for m in methods.split(",") if m]
+        if batch > 1 or max_batch:
+            from .bench_batch import serving_bench
+            from .methods import get_method
+
+            for m in method_list:
+                get_method(m)  # unknown names fail before the model is built
+            serving_bench(
+                config,
+                method_list,
+                budget,
+                length_list,
+                device,
+                None if max_batch else batch,
+                steps,
+                distinct,
+                mode,
+                out,
+            )
+            return
+        run_bench(
+            config,
+            method_list,
+            budget,
+            length_list,
+            device,
+            steps,
+            chunk,
+            graph,
+            kvpress_path or None,
+            [m for m in kvpress_methods.split(",") if m],
+            out,
+        )
