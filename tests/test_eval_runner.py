@@ -343,3 +343,14 @@ def test_method_specs_in_a_grid(model, tok, tmp_path):
     a, _ = derive_cache(record, "snapkv", 40)
     b, _ = derive_cache(record, "snapkv:window=8;pooling=avg", 40)
     assert any(not torch.equal(x.positions, y.positions) for x, y in zip(a.layers, b.layers, strict=True))
+
+
+def test_equivalent_specs_are_one_configuration():
+    """`snapkv` and `snapkv:window=32` (its default) are computed once, under the shorter name."""
+    from dynamickv.eval.grid import configurations
+    from dynamickv.methods import canonical_spec
+
+    assert canonical_spec("snapkv:window=32") == "snapkv"
+    assert canonical_spec("snapkv:window=8;pooling=max") == "snapkv:window=8"
+    grid = configurations(["snapkv", "snapkv:window=32", "snapkv:window=8", "fullkv"], [64, "64"])
+    assert [c.label for c in grid] == ["fullkv", "snapkv B=64", "snapkv:window=8 B=64"]

@@ -39,14 +39,15 @@ class Configuration:
 
 def normalize_methods(methods: Iterable[str]) -> list[str]:
     """Canonical method specs (``snapkv`` or ``snapkv:window=8;pooling=avg``), FullKV first (always
-    included once), duplicates removed; unknown methods or parameters -> error."""
-    from dynamickv.methods import method_spec, parse_method_spec
+    included once), duplicates removed (``snapkv:window=32`` is ``snapkv``: parameters at their default
+    are dropped); unknown methods or parameters -> error."""
+    from dynamickv.methods import canonical_spec
 
     out = [REFERENCE]
     for name in methods:
         if not str(name).strip():
             continue
-        key = method_spec(*parse_method_spec(str(name)))  # raises on unknown names and parameters
+        key = canonical_spec(str(name))  # raises on unknown names and parameters
         if key not in out:
             out.append(key)
     return out

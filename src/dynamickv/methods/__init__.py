@@ -202,10 +202,20 @@ def describe_methods() -> list[dict[str, Any]]:
 
 
 def method_spec(name: str, params: dict[str, Any]) -> str:
-    """The canonical spec string of ``name`` with ``params`` (inverse of :func:`parse_method_spec`)."""
+    """The spec string of ``name`` with ``params`` (inverse of :func:`parse_method_spec`)."""
     if not params:
         return name
     return name + ":" + ";".join(f"{k}={v}" for k, v in params.items())
+
+
+def canonical_spec(spec: str) -> str:
+    """``spec`` without the parameters set to their defaults: ``snapkv:window=32`` is ``snapkv``.
+
+    Why: equivalent specs in one ``--methods`` list are one configuration, computed once and reported
+    under one name."""
+    name, params = parse_method_spec(spec)
+    defaults = {f.name: f.default for f in fields(METHODS[name])}
+    return method_spec(name, {k: v for k, v in params.items() if k not in defaults or defaults[k] != v})
 
 
 __all__ = [
@@ -223,6 +233,7 @@ __all__ = [
     "SnapKV",
     "StreamingLLM",
     "WindowKV",
+    "canonical_spec",
     "describe_methods",
     "get_method",
     "method_spec",
