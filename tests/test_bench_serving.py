@@ -29,8 +29,9 @@ def test_bench_batch_runs_on_the_tiny_config(tmp_path):
         "--methods", "fullkv,dynamickv", "--budget", "48", "--steps", "4", "--out", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads(out.read_text())["rows"]
+    rows = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))["rows"]
     assert [r["method"] for r in rows] == ["fullkv-plain", "fullkv", "dynamickv"]
+    assert all(r["prefill_peak_gib"] is None for r in rows)  # not measured on CPU: null, not 0.0
     for r in rows:
         assert r["rows"] == 3 and r["tokens_per_s"] > 0 and r["ttft_s"] > 0 and "error" not in r
     assert rows[2]["kept_mean"] == 48 and rows[2]["cache_mib_per_request"] < rows[0]["cache_mib_per_request"]
@@ -41,6 +42,8 @@ def test_bench_batch_runs_on_the_tiny_config(tmp_path):
     [
         (["--batch", "2", "--methods", "nope"], "unknown method 'nope'"),
         (["--batch", "2", "--mode", "turbo"], "unknown decode mode 'turbo'"),
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--budget", "0"], "--budget must be at least 1"),
     ],
 )
 def test_bench_batch_bad_arguments_one_line(args, message):

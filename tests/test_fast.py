@@ -42,9 +42,15 @@ def test_bench_runs_on_cpu_tiny(tmp_path):
     from dynamickv.bench import run_bench
 
     out = tmp_path / "bench.json"
-    result = run_bench("tiny", ["fullkv", "dynamickv"], 32, [128], "cpu", steps=6, out=out)
+    result = run_bench("tiny", ["fullkv", "dynamickv"], 32, [128], "cpu", steps=2, out=out)
     methods = [r["method"] for r in result["rows"]]
     assert methods == ["fullkv", "dynamickv"] and out.exists()
     dyn = result["rows"][1]
     assert dyn["kept_mean"] == 32 and dyn["cache_bytes"] < result["rows"][0]["cache_bytes"]
     assert dyn["decode_static_ms"] > 0 and dyn["prefill_s"] > 0
+    # what a CPU run cannot measure is null, never 0.0 or NaN (strict JSON)
+    import json
+
+    saved = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert saved["meta"]["copy_bandwidth_gbs"] is None
+    assert all(r["prefill_peak_gib"] is None and "floor_ms" not in r for r in saved["rows"])

@@ -51,10 +51,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def copy_bandwidth(device: str) -> float:
-    """Bytes per second of a large device copy, counting bytes read and written."""
+def copy_bandwidth(device: str) -> float | None:
+    """Bytes per second of a large device copy, counting bytes read and written; ``None`` off CUDA
+    (not measured there, so no decode floor is reported)."""
     if not device.startswith("cuda"):
-        return float("nan")
+        return None
     x = torch.empty(1 << 30, dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
     for _ in range(3):
@@ -77,6 +78,12 @@ def _peak(device: str) -> int:
     return torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
 
 
+def _peak_gib(device: str, base: int) -> float | None:
+    """Peak allocation above ``base`` in GiB; ``None`` off CUDA, where it is not measured (a 0.0 would
+    read as "no memory used")."""
+    return (_peak(device) - base) / 2**30 if device.startswith("cuda") else None
+
+
 def _reset(device: str) -> None:
     gc.collect()
     if device.startswith("cuda"):
@@ -85,6 +92,12 @@ def _reset(device: str) -> None:
 
 
 from .cache import cache_kwarg, output_cache  # noqa: E402
+
+
+def _steady_ms(times: list[float], warmup: int = 3) -> float:
+    """Median step time in ms without the first ``warmup`` steps (allocations, graph replay warm-up),
+    all steps when there are no more than that."""
+    return statistics.median(times[warmup:] if len(times) > warmup else times) * 1e3
 
 
 def _cache_bytes(cache) -> int:
@@ -127,7 +140,7 @@ def measure(
             stats = comp.stats
         _sync(device)
         row["prefill_s"] = time.perf_counter() - t0
-        row["prefill_peak_gib"] = (_peak(device) - base) / 2**30
+        row["prefill_peak_gib"] = _peak_gib(device, base)
         if stats is not None:
             row["selection_s"] = stats.selection_seconds
             row["kept_mean"] = sum(stats.kept_per_layer) / len(stats.kept_per_layer)
@@ -156,8 +169,8 @@ def measure(
         finally:
             if ctx is not None:
                 ctx.__exit__(None, None, None)
-        row["decode_eager_ms"] = statistics.median(times[3:]) * 1e3
-        row["decode_peak_gib"] = (_peak(device) - base) / 2**30
+        row["decode_eager_ms"] = _steady_ms(times)
+        row["decode_peak_gib"] = _peak_gib(device, base)
         del c
         if method != "fullkv":
             _reset(device)
@@ -166,8 +179,8 @@ def measure(
             decoder.generate(first[:, 0], steps + 1, timings=times)
             row["decode_static_mode"] = decoder.decoder.mode
             del decoder
-            row["decode_static_ms"] = statistics.median(times[3:]) * 1e3
-            row["decode_static_peak_gib"] = (_peak(device) - base) / 2**30
+            row["decode_static_ms"] = _steady_ms(times)
+            row["decode_static_peak_gib"] = _peak_gib(device, base)
         del cache
     except torch.OutOfMemoryError:
         row["oom"] = True
@@ -211,7 +224,7 @@ def run_bench(
                 weights,
                 eager_steps=min(steps, 24),
             )
-            if "cache_bytes" in row and bw == bw:
+            if "cache_bytes" in row and bw is not None:
                 floor = (weights + row["cache_bytes"]) / bw * 1e3
                 row["floor_ms"] = floor
                 for k in ("decode_eager_ms", "decode_static_ms"):
@@ -242,7 +255,7 @@ def run_bench(
         for line in proc.stdout.splitlines():
             if line.startswith("{"):
                 r = json.loads(line)
-                if "cache_bytes" in r and bw == bw:
+                if "cache_bytes" in r and bw is not None:
                     r["floor_ms"] = (weights + r["cache_bytes"]) / bw * 1e3
                     r["decode_eager_x_floor"] = r["decode_eager_ms"] / r["floor_ms"]
                 rows.append(r)
@@ -251,7 +264,7 @@ def run_bench(
             print(proc.stderr[-3000:], file=sys.stderr)
     result = {"meta": environment(config, budget, device, None, bw, weights), "rows": rows}
     if out:
-        Path(out).write_text(json.dumps(result, indent=1))
+        Path(out).write_text(json.dumps(result, indent=1, allow_nan=False))
     print_table(result)
     return result
 
@@ -277,7 +290,7 @@ def environment(
         "transformers": __import__("transformers").__version__,
         "config": config,
         "budget": budget,
-        "copy_bandwidth_gbs": bw / 1e9,
+        "copy_bandwidth_gbs": None if bw is None else bw / 1e9,
         "weights_gib": weights / 2**30,
         "command": " ".join(sys.argv),
     }
@@ -290,7 +303,7 @@ def print_table(result: dict[str, Any]) -> None:
         ("prefill_s", "prefill s", "{:.2f}"),
         ("selection_s", "select s", "{:.3f}"),
         ("prefill_peak_gib", "+peak GiB", "{:.1f}"),
-        ("cache_bytes", "cache MiB", "{:.0f}"),
+        ("cache_bytes", "cache MiB", "{:.2f}"),
         ("decode_eager_ms", "eager ms/tok", "{:.1f}"),
         ("decode_static_ms", "static ms/tok", "{:.2f}"),
         ("floor_ms", "floor ms", "{:.2f}"),

@@ -44,7 +44,8 @@ def _summary(method: str, n: int, budget: int, requests: list[dict[str, Any]]) -
     row: dict[str, Any] = {"method": method, "tokens": n, "budget": None if "fullkv" in method else budget}
     row["distinct_requests"] = len(requests)
     row["ttft_s"] = sum(r["ttft_s"] for r in requests) / len(requests)
-    row["prefill_peak_gib"] = max(r["prefill_peak_gib"] for r in requests)
+    peaks = [r["prefill_peak_gib"] for r in requests if r["prefill_peak_gib"] is not None]
+    row["prefill_peak_gib"] = max(peaks) if peaks else None  # None: not measured (CPU)
     row["cache_mib_per_request"] = requests[0]["cache_bytes"] / 2**20
     for key in ("kept_mean", "kept_min", "kept_max", "selection_s"):
         if key in requests[0]:
@@ -128,7 +129,7 @@ def serving_bench(
             release(device)
     result = {"meta": environment(config, budget, device, model), "rows": rows}
     if out:
-        Path(out).write_text(json.dumps(result, indent=1))
+        Path(out).write_text(json.dumps(result, indent=1, allow_nan=False))
     print_serving_table(rows)
     return result
 
@@ -142,7 +143,7 @@ def print_serving_table(rows: list[dict[str, Any]]) -> None:
         ("prefill_peak_gib", "{:.1f}"),
         ("decode_ms", "{:.2f}"),
         ("tokens_per_s", "{:.0f}"),
-        ("buffer_gib", "{:.1f}"),
+        ("buffer_gib", "{:.2f}"),
     ]
     print(" | ".join(c for c, _ in cols))
     for r in rows:

@@ -50,6 +50,10 @@ def register(app) -> None:
             raise InputError(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
         if mode not in MODES:
             raise InputError(f"unknown decode mode {mode!r}; known: {', '.join(MODES)}")
+        if steps < 1:
+            raise InputError(f"--steps must be at least 1, got {steps}")
+        if budget < 1:
+            raise InputError(f"--budget must be at least 1, got {budget}")
         if batch < 1 or distinct < 1:
             raise InputError("--batch and --distinct must be at least 1")
         try:

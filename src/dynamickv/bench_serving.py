@@ -48,6 +48,11 @@ def _peak(device) -> int:
     return torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda" else 0
 
 
+def _peak_gib(device, base: int) -> float | None:
+    """Peak allocation above ``base`` in GiB; ``None`` off CUDA, where it is not measured."""
+    return (_peak(device) - base) / GIB if torch.device(device).type == "cuda" else None
+
+
 def is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
@@ -78,7 +83,7 @@ def prefill(model, method: str, budget: int, ids: torch.Tensor, chunk: int = 819
     sync(device)
     row: dict[str, Any] = {
         "ttft_s": time.perf_counter() - t0,
-        "prefill_peak_gib": (_peak(device) - base) / GIB,
+        "prefill_peak_gib": _peak_gib(device, base),
         "cache": output_cache(out),
         "first": first,
     }
@@ -156,7 +161,7 @@ def decoder_rate(
         "tokens_per_s": rows / ms * 1e3,
         "setup_s": setup,
         "buffer_gib": decoder.buffer_bytes() / GIB,
-        "decode_peak_gib": (_peak(device) - base) / GIB,
+        "decode_peak_gib": _peak_gib(device, base),
         "tokens": decoder.out[:, : steps + 2].cpu(),
     }
     del decoder
@@ -193,7 +198,7 @@ def plain_rate(model, request: dict[str, Any], rows: int, steps: int) -> dict[st
         "mode": "transformers-eager",
         "decode_ms": ms,
         "tokens_per_s": rows / ms * 1e3,
-        "decode_peak_gib": (_peak(device) - base) / GIB,
+        "decode_peak_gib": _peak_gib(device, base),
     }
     del cache
     release(device)
