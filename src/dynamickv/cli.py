@@ -161,10 +161,14 @@ def demo(
     from .models import load_model
     from .report import answer_report, needle_prompt
 
-    console = Console()
+    # piped or redirected output gets a width that keeps each answer on one line
+    console = Console(width=None if sys.stdout.isatty() else 150)
     mdl, tok = load_model(model)
     context, question, needle_answer = needle_prompt(tok, context_tokens)
-    table = Table(title=f"needle at 50% of ~{context_tokens} tokens, {model}, B={budget}")
+    table = Table(
+        title=f"needle at 50% of ~{context_tokens} tokens, {model}, B={budget}",
+        caption=f"* {RECOMMENDED}: the recommended method" if RECOMMENDED in names else None,
+    )
     for col in ("method", "answer", "found", "kept/layer (min-max)", "KV MiB", "% of full", "prefill s"):
         table.add_column(col)
     for name in names:
