@@ -20,7 +20,6 @@ from __future__ import annotations
 import gc
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -74,16 +73,6 @@ def _mem(device: str) -> int:
     return torch.cuda.memory_allocated() if device.startswith("cuda") else 0
 
 
-def _peak(device: str) -> int:
-    return torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0
-
-
-def _peak_gib(device: str, base: int) -> float | None:
-    """Peak allocation above ``base`` in GiB; ``None`` off CUDA, where it is not measured (a 0.0 would
-    read as "no memory used")."""
-    return (_peak(device) - base) / 2**30 if device.startswith("cuda") else None
-
-
 def _reset(device: str) -> None:
     gc.collect()
     if device.startswith("cuda"):
@@ -91,13 +80,8 @@ def _reset(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+from .bench_serving import peak_gib, steady_ms  # noqa: E402
 from .cache import cache_kwarg, output_cache  # noqa: E402
-
-
-def _steady_ms(times: list[float], warmup: int = 3) -> float:
-    """Median step time in ms without the first ``warmup`` steps (allocations, graph replay warm-up),
-    all steps when there are no more than that."""
-    return statistics.median(times[warmup:] if len(times) > warmup else times) * 1e3
 
 
 def _cache_bytes(cache) -> int:
@@ -140,7 +124,7 @@ def measure(
             stats = comp.stats
         _sync(device)
         row["prefill_s"] = time.perf_counter() - t0
-        row["prefill_peak_gib"] = _peak_gib(device, base)
+        row["prefill_peak_gib"] = peak_gib(device, base)
         if stats is not None:
             row["selection_s"] = stats.selection_seconds
             row["kept_mean"] = sum(stats.kept_per_layer) / len(stats.kept_per_layer)
@@ -169,8 +153,8 @@ def measure(
         finally:
             if ctx is not None:
                 ctx.__exit__(None, None, None)
-        row["decode_eager_ms"] = _steady_ms(times)
-        row["decode_peak_gib"] = _peak_gib(device, base)
+        row["decode_eager_ms"] = steady_ms(times, warmup=3)
+        row["decode_peak_gib"] = peak_gib(device, base)
         del c
         if method != "fullkv":
             _reset(device)
@@ -179,8 +163,8 @@ def measure(
             decoder.generate(first[:, 0], steps + 1, timings=times)
             row["decode_static_mode"] = decoder.decoder.mode
             del decoder
-            row["decode_static_ms"] = _steady_ms(times)
-            row["decode_static_peak_gib"] = _peak_gib(device, base)
+            row["decode_static_ms"] = steady_ms(times, warmup=3)
+            row["decode_static_peak_gib"] = peak_gib(device, base)
         del cache
     except torch.OutOfMemoryError:
         row["oom"] = True

@@ -48,9 +48,16 @@ def _peak(device) -> int:
     return torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda" else 0
 
 
-def _peak_gib(device, base: int) -> float | None:
-    """Peak allocation above ``base`` in GiB; ``None`` off CUDA, where it is not measured."""
+def peak_gib(device, base: int) -> float | None:
+    """Peak allocation above ``base`` in GiB; ``None`` off CUDA, where it is not measured (a 0.0 would
+    read as "no memory used")."""
     return (_peak(device) - base) / GIB if torch.device(device).type == "cuda" else None
+
+
+def steady_ms(times: list[float], warmup: int) -> float:
+    """Median step time in ms without the first ``warmup`` steps (allocations, graph replay warm-up),
+    all steps when there are no more than that."""
+    return statistics.median(times[warmup:] or times) * 1e3
 
 
 def is_oom(error: BaseException) -> bool:
@@ -83,7 +90,7 @@ def prefill(model, method: str, budget: int, ids: torch.Tensor, chunk: int = 819
     sync(device)
     row: dict[str, Any] = {
         "ttft_s": time.perf_counter() - t0,
-        "prefill_peak_gib": _peak_gib(device, base),
+        "prefill_peak_gib": peak_gib(device, base),
         "cache": output_cache(out),
         "first": first,
     }
@@ -161,7 +168,7 @@ def decoder_rate(
         "tokens_per_s": rows / ms * 1e3,
         "setup_s": setup,
         "buffer_gib": decoder.buffer_bytes() / GIB,
-        "decode_peak_gib": _peak_gib(device, base),
+        "decode_peak_gib": peak_gib(device, base),
         "tokens": decoder.out[:, : steps + 2].cpu(),
     }
     del decoder
@@ -192,13 +199,13 @@ def plain_rate(model, request: dict[str, Any], rows: int, steps: int) -> dict[st
         sync(device)
         times.append(time.perf_counter() - t0)
         del out
-    ms = statistics.median(times[2:] or times) * 1e3
+    ms = steady_ms(times, warmup=2)
     row = {
         "rows": rows,
         "mode": "transformers-eager",
         "decode_ms": ms,
         "tokens_per_s": rows / ms * 1e3,
-        "decode_peak_gib": _peak_gib(device, base),
+        "decode_peak_gib": peak_gib(device, base),
     }
     del cache
     release(device)
