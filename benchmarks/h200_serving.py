@@ -11,9 +11,12 @@ part     est. s  what
 ======== ======= ================================================================================
 setup    35      build the random-init model (bf16), measure copy bandwidth
 roofline 10      a CUDA graph of only the step's GEMVs at batch 1 (the GEMV roofline)
-b1_128k  110     prefill full KV (plain transformers) and DynamicKV at 128k (TTFT, peak memory);
-                 DynamicKV batch-1 decode in every mode (plain, functional, fused, compiled) with
-                 the floor; kernel profiles of the plain, fused and compiled steps
+b1_128k  130     prefill full KV (plain transformers) and DynamicKV at 128k (TTFT, peak memory);
+                 DynamicKV batch-1 decode in every mode (plain, functional, fused, compiled, and
+                 the fused/compiled steps with the other attention kernels) with the floor; kernel
+                 profiles of the plain, fused and compiled steps
+prefill_128k 100 TTFT at 128k, full KV (plain transformers) and DynamicKV alternating, after one
+                 warm-up prefill each: the prefill ratio from medians, not from single prefills
 serve_32k 100    largest batch of 32k contexts and its decode tokens/s: full KV (plain
                  transformers and static), DynamicKV, SnapKV, PyramidKV at B; TTFT per request
 b1_32k   35      DynamicKV batch-1 decode in every mode at 32k
@@ -54,14 +57,16 @@ from dynamickv.bench_serving import prefill, release  # noqa: E402
 ESTIMATES = {
     "setup": 35,
     "roofline": 10,
-    "b1_128k": 110,
+    "b1_128k": 130,
+    "prefill_128k": 100,
     "serve_32k": 100,
     "b1_32k": 35,
     "serve_128k": 70,
     "kvpress": 80,
     "long_512k": 175,
 }
-MODES = ["plain", "functional", "fused", "compiled"]
+MODES = ["plain", "functional", "fused", "compiled", "fused:matmul", "compiled:matmul", "compiled:flex"]
+PROFILED = ["plain", "fused", "compiled", "compiled:matmul", "compiled:flex"]
 
 
 class Run:
@@ -94,14 +99,21 @@ class Run:
             "profiles": [],
             "serving": [],
             "prefill": [],
+            "prefill_repeats": [],
             "kvpress": [],
         }
+        self.current = "setup"
         self.requests: dict[str, dict] = {}
 
     def left(self) -> float:
         return self.args.budget_s - (time.perf_counter() - self.t0)
 
     def save(self) -> None:
+        for key, rows in self.result.items():  # each row says which part measured it (for merging)
+            if isinstance(rows, list) and key != "notes":
+                for row in rows:
+                    if isinstance(row, dict):
+                        row.setdefault("part", self.current)
         (self.out / "serving.json").write_text(json.dumps(self.result, indent=1, default=str))
 
     def part(self, name: str, fn, estimate: float | None = None) -> None:
@@ -116,6 +128,8 @@ class Run:
             self.save()
             return
         print(f"[{name}] start (est. {est:.0f} s, {self.left():.0f} s left)", flush=True)
+        self.save()  # rows so far keep the previous part's name
+        self.current = name
         t = time.perf_counter()
         try:
             fn()
@@ -170,13 +184,29 @@ class Run:
         self._prefill("fullkv-plain/128k", "fullkv-plain", "128k")
         self._prefill("dynamickv/128k", "dynamickv", "128k")
         self._batch1("dynamickv/128k", "128k", MODES)
-        for mode in ("plain", "fused", "compiled"):
+        for mode in PROFILED:
             try:
                 p = profile_step(self.model, self.requests["dynamickv/128k"], mode)
             except Exception as e:
                 p = {"mode": mode, "error": f"{type(e).__name__}: {e}"[:500]}
             p["tokens"] = self.lengths["128k"]
             self.result["profiles"].append(p)
+
+    def prefill_128k(self, repeats: int = 3) -> None:
+        self.requests.pop("fullkv-plain/128k", None)
+        n = self.lengths["128k"]
+        ids = self._ids(n, seed=7)
+        for method in ("fullkv-plain", "dynamickv"):  # warm-up: kernels, cuBLAS and allocator state
+            release(self.device)
+            prefill(self.model, method, self.budget, ids)
+        for rep in range(repeats):
+            for method in ("fullkv-plain", "dynamickv"):
+                release(self.device)
+                req = prefill(self.model, method, self.budget, ids)
+                row = {"method": method, "tokens": n, "repeat": rep, "ttft_s": req["ttft_s"]}
+                del req
+                self.result["prefill_repeats"].append(row)
+                print(json.dumps(row), flush=True)
 
     def _serve(self, length: str, methods: list[str], distinct: int) -> None:
         n = self.lengths[length]
@@ -288,6 +318,7 @@ def main() -> None:
         sys.exit("setup failed; see serving.json")
     run.part("roofline", run.roofline)
     run.part("b1_128k", run.b1_128k)
+    run.part("prefill_128k", run.prefill_128k)
     run.part("serve_32k", run.serve_32k)
     run.part("b1_32k", run.b1_32k)
     run.part("serve_128k", run.serve_128k)

@@ -159,3 +159,80 @@ def test_runs_merge_into_one_summary():
     s = summary(merge([main, long]))
     assert s["context_512k_runs"] is True and s["context_512k"]["prefill_s"] == 150.0
     assert s["throughput_ratio_32k"] == pytest.approx(13500 / 900)
+
+
+def test_a_later_run_replaces_the_parts_it_measured_again():
+    main = _run()  # legacy rows, no part tags: the part is inferred from their list and length
+    again = {
+        "meta": {"date": "later"},
+        "parts": {
+            "b1_128k": {"seconds": 50.0},
+            "prefill_128k": {"seconds": 80.0},
+            "kvpress": {"skipped": "t"},
+        },
+        "batch1": [
+            {
+                "method": "dynamickv",
+                "tokens": 131072,
+                "mode": "compiled:flex",
+                "decode_ms": 4.4,
+                "floor_ms": 4.0,
+                "x_floor": 1.1,
+                "tokens_agree": 64,
+                "tokens_compared": 64,
+                "part": "b1_128k",
+            }
+        ],  # fmt: skip
+        "prefill": [
+            {
+                "method": "dynamickv",
+                "tokens": 131072,
+                "ttft_s": 9.0,
+                "prefill_peak_gib": 7.0,
+                "part": "b1_128k",
+            }
+        ],  # fmt: skip
+        "prefill_repeats": [
+            {"method": m, "tokens": 131072, "repeat": i, "ttft_s": t, "part": "prefill_128k"}
+            for i, (a, b) in enumerate([(10.0, 10.1), (10.4, 10.2), (10.0, 10.3)])
+            for m, t in (("fullkv-plain", a), ("dynamickv", b))
+        ],
+    }
+    merged = merge([main, again])
+    modes = {r["mode"] for r in merged["batch1"]}
+    assert modes == {"compiled:flex"}  # the old 128k rows are gone, not mixed with the new ones
+    assert len(merged["serving"]) == 5 and len(merged["kvpress"]) == 1  # not re-measured: kept
+    assert [r["date"] for r in merged["meta"]["runs"]] == ["d", "later"]
+    s = summary(merged)
+    assert s["decode_static_x_floor"] == pytest.approx(1.1) and s["decode_static_mode"] == "compiled:flex"
+    assert s["prefill_ratio_128k"] == pytest.approx(10.2 / 10.0)  # medians, not the single prefills
+    assert s["prefill_repeats_128k"]["pair_ratio_max"] == pytest.approx(1.03)
+    assert s["prefill_peak_vs_kvpress_snapkv_128k"] == pytest.approx(7.0 / 15.0)
+    assert "prefill_128k" in s["prefill_ratio_source"]
+
+
+def test_a_mode_counts_for_the_floor_when_a_real_model_check_agrees():
+    run = _run()
+    run["batch1"].append(
+        {
+            "method": "dynamickv",
+            "tokens": 131072,
+            "mode": "compiled:flex",
+            "decode_ms": 4.4,
+            "floor_ms": 4.0,
+            "x_floor": 1.1,
+            "tokens_agree": 9,
+            "tokens_compared": 64,
+        }  # fmt: skip
+    )
+    assert summary(run)["decode_static_mode"] == "compiled"  # random weights: it disagrees early
+    check = {
+        "agreement_meta": {"model": "smollm2-135m", "dtype": "bfloat16"},
+        "agreement_summary": {
+            "compiled:flex": {"prompts": 4, "identical": 4, "tokens_agree": 256, "tokens_compared": 256},
+            "compiled-wrong": {"prompts": 4, "identical": 3, "tokens_agree": 250, "tokens_compared": 256},
+        },
+    }
+    s = summary(merge([run, check]))
+    assert s["decode_static_mode"] == "compiled:flex" and s["decode_static_x_floor"] == pytest.approx(1.1)
+    assert "smollm2-135m, bfloat16, 4 prompts x 64 tokens" in s["decode_static_checked_by"]

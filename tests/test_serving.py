@@ -55,6 +55,8 @@ def _prefill(model, ids, method, budget):
         ("qwen3", "fused"),
         ("phi3", "fused"),
         ("qwen3", "plain"),
+        ("llama", "fused:matmul"),
+        ("qwen3", "fused:flex"),
     ],
 )
 def test_batched_rows_equal_each_request_alone(family, mode):
@@ -65,7 +67,7 @@ def test_batched_rows_equal_each_request_alone(family, mode):
     refs = [_alone(model, ids, "dynamickv", 48, 12, eos=eos) for ids in prompts]
     assert len(refs[1]) <= 5 < len(free_run)
 
-    decoder = BatchDecoder(model, rows=3, max_new_tokens=12, eos_token_id=eos, mode=mode)
+    decoder = _decoder(model, rows=3, max_new_tokens=12, eos_token_id=eos, mode=mode)
     kept = []
     for ids in prompts:
         cache, first, counts = _prefill(model, ids, "dynamickv", 48)
@@ -76,6 +78,12 @@ def test_batched_rows_equal_each_request_alone(family, mode):
     got = [decoder.pop(row) for row in range(3)]
     for row, ref in zip(got, refs, strict=True):
         assert torch.equal(row, ref)
+
+
+def _decoder(model, mode: str, **kwargs) -> BatchDecoder:
+    """A decoder for ``mode``, optionally ``mode:attention``."""
+    mode, _, attention = mode.partition(":")
+    return BatchDecoder(model, mode=mode, attention=attention or "sdpa", **kwargs)
 
 
 def test_joining_requests_get_their_own_answers():
@@ -138,17 +146,17 @@ def _greedy(model, cache, first, steps):
     return torch.tensor(tokens)
 
 
-@pytest.mark.parametrize("mode", ["plain", "fused"])
+@pytest.mark.parametrize("mode", ["plain", "fused", "fused:matmul", "fused:flex"])
 def test_per_head_holes_decode_as_if_dropped(mode):
     model = tiny_model("llama")
     cache, first, _ = _prefill(model, _prompts((200,))[0], "snapkv", 40)
     ref = _greedy(model, _holed(cache), first, 10)
-    decoder = BatchDecoder(model, rows=2, max_new_tokens=10, mode=mode)
+    decoder = _decoder(model, rows=2, max_new_tokens=10, mode=mode)
     decoder.add(_holed(cache), first)
     decoder.run()
     assert torch.equal(decoder.pop(0), ref)
     # the test can fail: with the junk visible the answer changes
-    blind = BatchDecoder(model, rows=1, max_new_tokens=10, mode=mode)
+    blind = _decoder(model, rows=1, max_new_tokens=10, mode=mode)
     blind.add(_holed(cache, ignore_valid=True), first)
     blind.run()
     assert not torch.equal(blind.pop(0), ref)
@@ -186,3 +194,21 @@ def test_rows_grow_for_a_larger_request_and_errors_are_clear():
         decoder.add(big, first_b, max_new_tokens=7)
     with pytest.raises(InputError, match="unknown decode mode"):
         BatchDecoder(model, rows=1, max_new_tokens=2, mode="turbo")
+    with pytest.raises(InputError, match="unknown decode attention 'flash'; known: sdpa, matmul, flex"):
+        BatchDecoder(model, rows=1, max_new_tokens=2, mode="fused", attention="flash")
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "matmul", "flex"])
+def test_compiled_steps_give_each_request_its_own_answer(attention):
+    """``torch.compile`` of the step (each attention kernel) keeps greedy tokens equal to decoding
+    each request alone, with ragged per-layer counts and rows of different lengths."""
+    model = tiny_model("llama")
+    prompts = _prompts((150, 310))
+    refs = [_alone(model, ids, "dynamickv", 48, 8) for ids in prompts]
+    decoder = BatchDecoder(model, rows=2, max_new_tokens=8, mode="compiled", attention=attention)
+    for ids in prompts:
+        cache, first, _ = _prefill(model, ids, "dynamickv", 48)
+        decoder.add(cache, first)
+    decoder.run()
+    for row, ref in enumerate(refs):
+        assert torch.equal(decoder.pop(row), ref)

@@ -97,9 +97,16 @@ def profile_step(model, request: dict[str, Any], mode: str, steps: int = 3) -> d
 
     device = request["first"].device
     out: dict[str, Any] = {"mode": mode}
+    base, _, attention = mode.partition(":")
     for graph in (False, True) if device.type == "cuda" else (False,):
         decoder = BatchDecoder(
-            model, 1, 2 * steps + 4, prompt_slots=prompt_slots([request]), graph=graph, mode=mode
+            model,
+            1,
+            2 * steps + 4,
+            prompt_slots=prompt_slots([request]),
+            graph=graph,
+            mode=base,
+            attention=attention or "sdpa",
         )
         decoder.add(_Layers(_layers(request)), request["first"])
         decoder.decode(2)  # warm-up, capture (compiled mode compiles here)

@@ -144,6 +144,9 @@ def decoder_rate(
 ) -> dict[str, Any]:
     """Decode ``steps`` tokens per row for ``rows`` rows filled from ``requests``.
 
+    ``mode`` is a :class:`BatchDecoder` mode, optionally with its attention kernel after a colon
+    (``"compiled:flex"``).
+
     Returns ms per step (the steps run back to back after the first one, which captures the graph,
     and are timed together), tokens per second, the decoder's buffer bytes and peak memory."""
     device = requests[0]["first"].device
@@ -151,7 +154,10 @@ def decoder_rate(
     release(device)
     base = _allocated(device)
     t0 = time.perf_counter()
-    decoder = BatchDecoder(model, rows, steps + 2, prompt_slots=slots, mode=mode)
+    mode, _, attention = mode.partition(":")
+    decoder = BatchDecoder(
+        model, rows, steps + 2, prompt_slots=slots, mode=mode, attention=attention or "sdpa"
+    )
     fill(decoder, requests)
     decoder.decode(1)  # capture (graph), compile (compiled mode)
     sync(device)
@@ -162,7 +168,7 @@ def decoder_rate(
     ms = (time.perf_counter() - t0) / steps * 1e3
     row = {
         "rows": rows,
-        "mode": decoder.mode,
+        "mode": decoder.mode if decoder.attention == "sdpa" else f"{decoder.mode}:{decoder.attention}",
         "graph": decoder.graph_on,
         "decode_ms": ms,
         "tokens_per_s": rows / ms * 1e3,

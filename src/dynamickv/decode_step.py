@@ -10,7 +10,12 @@ weights with
   re-homes those weights into one buffer per layer; the modules' parameters become views of it,
   so the model is unchanged and no memory is added);
 * attention on the KV heads directly (queries grouped per KV head, no ``repeat_kv`` copy), against
-  the decoder's preallocated buffers with an additive per-(row, KV head) slot mask;
+  the decoder's preallocated buffers with an additive per-(row, KV head) slot mask. Three kernels
+  compute it (:data:`ATTENTIONS`): ``sdpa`` (PyTorch's fused attention; with a mask on CUDA that is
+  the memory-efficient kernel, one block per (row, KV head), which at one query token and ~1k slots
+  is latency-bound), ``matmul`` (two batched GEMVs and a softmax that ``torch.compile`` fuses with
+  the mask) and ``flex`` (FlexAttention, whose compiled decode kernel splits the slots over blocks,
+  as flash-decoding does);
 * optionally ``torch.compile`` of the per-layer function (as gpt-fast does), which fuses the norms,
   rotary and residual adds; layers share one compiled graph (one recompile when layers differ in
   size, after which the slot dimension is dynamic).
@@ -32,9 +37,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import UnsupportedModelError
+from .errors import InputError, UnsupportedModelError
 
 FUSED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+#: How the decode step computes attention (see the module docstring).
+ATTENTIONS = ("sdpa", "matmul", "flex")
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "swish": F.silu,
@@ -54,6 +61,7 @@ class StepSpec:
     scaling: float
     rope: Callable
     qk_norm_eps: float | None = None
+    attention: str = "sdpa"
 
 
 @dataclass
@@ -103,6 +111,41 @@ def grouped_attention(
     return out.reshape(b, heads, 1, d)
 
 
+def matmul_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """:func:`grouped_attention` as two batched matmuls and a float32 softmax (same arguments).
+
+    Why: compiled, this is two small GEMMs and one fused scale+mask+softmax kernel, which at one
+    query token beats SDPA's masked kernel (one block per (row, KV head) walking every slot)."""
+    b, heads, _, d = query.shape
+    kv_heads = keys.shape[1]
+    grouped = query.reshape(b, kv_heads, heads // kv_heads, d)
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)).float() * scaling + mask.float()
+    out = torch.matmul(scores.softmax(-1).to(values.dtype), values)
+    return out.reshape(b, heads, 1, d)
+
+
+def flex_grouped_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """:func:`grouped_attention` through FlexAttention (same arguments), the mask added as a score
+    modification. Compiled on CUDA it runs FlexAttention's split-KV decode kernel; uncompiled it is
+    PyTorch's reference implementation (slow, for tests)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    group = query.shape[1] // keys.shape[1]
+    slot_mask = mask[:, :, 0]
+
+    def add_mask(score, b, h, q_idx, kv_idx):
+        return score + slot_mask[b, h // group, kv_idx]
+
+    return flex_attention(query, keys, values, score_mod=add_mask, scale=scaling, enable_gqa=True)
+
+
+_ATTENTION_FNS = {"sdpa": grouped_attention, "matmul": matmul_attention, "flex": flex_grouped_attention}
+
+
 def write_slot(buffer: torch.Tensor, rows: torch.Tensor, heads: torch.Tensor, slot: torch.Tensor, new):
     """``buffer[r, h, slot[r]] = new[r, h]`` for every row and head (a graph-safe scatter)."""
     buffer.index_put_((rows, heads, slot.view(-1, 1)), new)
@@ -147,7 +190,7 @@ def layer_step(
     write_slot(keys, rows, heads, slot, k[:, :, 0])
     write_slot(values, rows, heads, slot, v[:, 0])
     write_slot(mask, rows, heads, slot, torch.zeros((), dtype=mask.dtype, device=mask.device))
-    attn = grouped_attention(q, keys, values, mask.unsqueeze(2), spec.scaling)
+    attn = _ATTENTION_FNS[spec.attention](q, keys, values, mask.unsqueeze(2), spec.scaling)
     x = x + F.linear(attn.transpose(1, 2).reshape(b, 1, hq * d), o_w, o_b)
     h = rms_norm(x, ln2, spec.eps)
     half = down_w.shape[1]
@@ -197,8 +240,10 @@ def _adjacent(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     return view.set_(storage, first.storage_offset(), (rows, *first.shape[1:])).detach()
 
 
-def step_spec(model: torch.nn.Module) -> StepSpec:
+def step_spec(model: torch.nn.Module, attention: str = "sdpa") -> StepSpec:
     """The constants every layer's step shares; raises for models the functional step does not know."""
+    if attention not in ATTENTIONS:
+        raise InputError(f"unknown decode attention {attention!r}; known: {', '.join(ATTENTIONS)}")
     config = model.config.get_text_config()
     if config.model_type not in FUSED_MODEL_TYPES:
         raise UnsupportedModelError(
@@ -219,6 +264,7 @@ def step_spec(model: torch.nn.Module) -> StepSpec:
         scaling=attn0.scaling,
         rope=sys.modules[type(attn0).__module__].apply_rotary_pos_emb,
         qk_norm_eps=attn0.q_norm.variance_epsilon if hasattr(attn0, "q_norm") else None,
+        attention=attention,
     )
 
 
@@ -274,10 +320,13 @@ class FusedStep:
         model: a supported family's causal LM, on one device.
         compile: ``torch.compile`` the per-layer function (CUDA: Triton kernels; CPU works too).
         fuse: fuse q/k/v and gate/up (see :func:`layer_weights`).
+        attention: one of :data:`ATTENTIONS`.
     """
 
-    def __init__(self, model: torch.nn.Module, compile: bool = False, fuse: bool = True) -> None:
-        self.spec = step_spec(model)
+    def __init__(
+        self, model: torch.nn.Module, compile: bool = False, fuse: bool = True, attention: str = "sdpa"
+    ) -> None:
+        self.spec = step_spec(model, attention)
         self.weights = [w.as_tuple() for w in layer_weights(model, fuse)]
         inner = model.model
         self.embed = inner.embed_tokens
@@ -289,13 +338,16 @@ class FusedStep:
         self.layer_fn = torch.compile(fn, fullgraph=True) if compile else fn
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module, compile: bool = False, fuse: bool = True) -> FusedStep:
+    def for_model(
+        cls, model: torch.nn.Module, compile: bool = False, fuse: bool = True, attention: str = "sdpa"
+    ) -> FusedStep:
         """The model's step for these options, made once: decoders built later reuse it, and with
         it the compiled graphs (a new step object would compile again)."""
         steps = _STEPS.setdefault(model, {})
-        if (compile, fuse) not in steps:
-            steps[compile, fuse] = cls(model, compile, fuse)
-        return steps[compile, fuse]
+        key = (compile, fuse, attention)
+        if key not in steps:
+            steps[key] = cls(model, compile, fuse, attention)
+        return steps[key]
 
     def __call__(self, tokens, positions, buffers, slot, rows, heads) -> torch.Tensor:
         """Logits ``[b, vocab]`` for ``tokens`` ``[b]`` at ``positions`` ``[b]``; ``buffers`` is one
@@ -308,6 +360,6 @@ class FusedStep:
         return F.linear(x[:, -1], self.head_w, self.head_b)
 
 
-_STEPS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[bool, bool], FusedStep]] = (
+_STEPS: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple[bool, bool, str], FusedStep]] = (
     weakref.WeakKeyDictionary()
 )

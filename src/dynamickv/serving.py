@@ -32,7 +32,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .cache import cache_kwarg, output_cache
-from .decode_step import FusedStep, grouped_attention, write_slot
+from .decode_step import ATTENTIONS, FusedStep, grouped_attention, write_slot
 from .errors import InputError, UnsupportedModelError
 from .sliding import check_static_window
 
@@ -105,6 +105,8 @@ class BatchDecoder:
             buys); ``"compiled"``: ``"fused"`` with the per-layer function ``torch.compile``-d.
             ``"auto"`` (default): ``"fused"`` where the family supports it and the model is on
             one device, else ``"plain"``.
+        attention: the functional step's attention kernel, one of
+            :data:`~dynamickv.decode_step.ATTENTIONS` (default ``"sdpa"``); ignored by ``"plain"``.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class BatchDecoder:
         eos_token_id: int | Sequence[int] | None = None,
         graph: bool | None = None,
         mode: str = "auto",
+        attention: str = "sdpa",
     ) -> None:
         from .compressor import Compressor, compressible_layers
 
@@ -124,6 +127,8 @@ class BatchDecoder:
             raise InputError("rows and max_new_tokens must be at least 1")
         if mode not in MODES:
             raise InputError(f"unknown decode mode {mode!r}; known: {', '.join(MODES)}")
+        if attention not in ATTENTIONS:
+            raise InputError(f"unknown decode attention {attention!r}; known: {', '.join(ATTENTIONS)}")
         self.model = model
         config = model.config.get_text_config()
         n_layers = config.num_hidden_layers
@@ -149,12 +154,15 @@ class BatchDecoder:
         self.step_fn: FusedStep | None = None
         if mode == "auto":
             try:
-                self.step_fn, mode = FusedStep.for_model(model), "fused"
+                self.step_fn, mode = FusedStep.for_model(model, attention=attention), "fused"
             except UnsupportedModelError:
                 mode = "plain"
         elif mode != "plain":
-            self.step_fn = FusedStep.for_model(model, compile=mode == "compiled", fuse=mode != "functional")
+            self.step_fn = FusedStep.for_model(
+                model, compile=mode == "compiled", fuse=mode != "functional", attention=attention
+            )
         self.mode = mode
+        self.attention = attention if self.step_fn is not None else "sdpa"
         self.fused = self.step_fn is not None
         dev = self.device
         self.tok = torch.zeros(rows, dtype=torch.long, device=dev)
