@@ -92,8 +92,16 @@ def _run():
     lengths = {"32k": 32768, "128k": 131072, "512k": 524288}
 
     def b1(mode, ms, agree=64):
-        return {"method": "dynamickv", "tokens": 131072, "mode": mode, "decode_ms": ms, "floor_ms": 4.0,
-                "x_floor": ms / 4.0, "tokens_agree": agree, "tokens_compared": 64}  # fmt: skip
+        return {
+            "method": "dynamickv",
+            "tokens": 131072,
+            "mode": mode,
+            "decode_ms": ms,
+            "floor_ms": 4.0,
+            "x_floor": ms / 4.0,
+            "tokens_agree": agree,
+            "tokens_compared": 64,
+        }
 
     def serve(method, tps, tokens=32768):
         return {"method": method, "tokens": tokens, "tokens_per_s": tps, "max_batch": 10, "decode_ms": 1.0}
@@ -182,7 +190,7 @@ def test_a_later_run_replaces_the_parts_it_measured_again():
                 "tokens_compared": 64,
                 "part": "b1_128k",
             }
-        ],  # fmt: skip
+        ],
         "prefill": [
             {
                 "method": "dynamickv",
@@ -191,7 +199,7 @@ def test_a_later_run_replaces_the_parts_it_measured_again():
                 "prefill_peak_gib": 7.0,
                 "part": "b1_128k",
             }
-        ],  # fmt: skip
+        ],
         "prefill_repeats": [
             {"method": m, "tokens": 131072, "repeat": i, "ttft_s": t, "part": "prefill_128k"}
             for i, (a, b) in enumerate([(10.0, 10.1), (10.4, 10.2), (10.0, 10.3)])
@@ -223,7 +231,7 @@ def test_a_mode_counts_for_the_floor_when_a_real_model_check_agrees():
             "x_floor": 1.1,
             "tokens_agree": 9,
             "tokens_compared": 64,
-        }  # fmt: skip
+        }
     )
     assert summary(run)["decode_static_mode"] == "compiled"  # random weights: it disagrees early
     check = {
