@@ -8,7 +8,10 @@ kernels compute the same step. Same family as the timed model (SmolLM2 is a Llam
 
 For each prompt (a needle haystack of ``--lengths`` tokens, raw: context and question, no chat
 template), one compressed prefill, then ``--new`` greedy tokens in each mode from that cache (no
-EOS stop), compared with the first mode's (``plain``). Writes ``agreement.json`` (rows and a
+EOS stop), compared with the first mode's (``plain``) and with a float32 reference: the same model
+in float32 decoding the same (bf16) cache in ``plain`` mode. Two bf16 kernels that round differently
+part ways at near-ties; the reference says whether a mode parts from the exact decode more often
+than ``plain`` itself does. Writes ``agreement.json`` (rows and a
 per-mode summary) under ``--out`` and prints a table; ``python -m dynamickv.bench_tables
 serving.json agreement.json`` then counts a mode whose tokens equal plain's on every prompt as
 checked for the x-floor target.
@@ -29,8 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dynamickv.bench_profile import decode_variants  # noqa: E402
-from dynamickv.bench_serving import prefill, release  # noqa: E402
+from dynamickv.bench_profile import agreement, decode_variants  # noqa: E402
+from dynamickv.bench_serving import decoder_rate, prefill, release  # noqa: E402
 from dynamickv.models import load_model  # noqa: E402
 from dynamickv.report import needle_prompt  # noqa: E402
 
@@ -49,6 +52,11 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
         s["identical"] += r["tokens_agree"] == r["tokens_compared"]
         s["tokens_agree"] += r["tokens_agree"]
         s["tokens_compared"] += r["tokens_compared"]
+        if "reference_agree" in r:
+            s["reference_identical"] = s.get("reference_identical", 0) + (
+                r["reference_agree"] == r["tokens_compared"]
+            )
+            s["reference_agree"] = s.get("reference_agree", 0) + r["reference_agree"]
     return out
 
 
@@ -63,10 +71,16 @@ def main() -> None:
     ap.add_argument("--depths", default="0.25,0.75")
     ap.add_argument("--new", type=int, default=64, help="greedy tokens compared per prompt")
     ap.add_argument("--modes", default=MODES)
+    ap.add_argument("--reference", default="float32", help="dtype of the reference decode ('' for none)")
     ap.add_argument("--out", default=".")
     args = ap.parse_args()
     t0 = time.perf_counter()
     model, tok = load_model(args.model, dtype=getattr(torch, args.dtype), device=args.device, progress=False)
+    ref_model = None
+    if args.reference:
+        ref_model, _ = load_model(
+            args.model, dtype=getattr(torch, args.reference), device=args.device, progress=False
+        )
     modes = args.modes.split(",")
     rows = []
     for n in map(int, args.lengths.split(",")):
@@ -74,9 +88,14 @@ def main() -> None:
             context, question, _ = needle_prompt(tok, n, depth=depth, seed=n)
             ids = tok(context + "\n" + question, return_tensors="pt").input_ids.to(args.device)
             req = prefill(model, args.method, args.budget, ids)
-            for r in decode_variants(model, req, modes, args.new - 2):
+            reference = (
+                decoder_rate(ref_model, [req], 1, args.new - 2, mode="plain")["tokens"] if ref_model else None
+            )
+            for r in decode_variants(model, req, modes, args.new - 2, keep_tokens=True):
                 row = {"model": args.model, "tokens": ids.shape[1], "depth": depth, "mode": r["mode"]}
                 row.update({k: r[k] for k in ("tokens_agree", "tokens_compared", "error") if k in r})
+                if reference is not None and "tokens" in r:
+                    row["reference_agree"] = agreement(r["tokens"], reference)
                 rows.append(row)
             del req
             release(args.device)
@@ -87,6 +106,7 @@ def main() -> None:
             "dtype": args.dtype,
             "method": args.method,
             "budget": args.budget,
+            "reference": args.reference or None,
             "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
             "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -99,13 +119,20 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "agreement.json").write_text(json.dumps(result, indent=1))
-    print("| mode | prompts identical to plain | tokens agreeing |")
-    print("|---|---|---|")
+    ref = args.reference or "reference"
+    print(
+        f"| mode | prompts identical to plain | tokens agreeing | prompts identical to {ref} | tokens agreeing |"
+    )
+    print("|---|---|---|---|---|")
     for mode, s in summary.items():
         extra = f" ({s['error'][:80]})" if "error" in s else ""
-        print(
-            f"| {mode} | {s['identical']}/{s['prompts']}{extra} | {s['tokens_agree']}/{s['tokens_compared']} |"
-        )
+        cells = [
+            f"{s['identical']}/{s['prompts']}{extra}",
+            f"{s['tokens_agree']}/{s['tokens_compared']}",
+            f"{s.get('reference_identical', '-')}/{s['prompts']}",
+            f"{s.get('reference_agree', '-')}/{s['tokens_compared']}",
+        ]
+        print(f"| {mode} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -243,4 +243,29 @@ def test_a_mode_counts_for_the_floor_when_a_real_model_check_agrees():
     }
     s = summary(merge([run, check]))
     assert s["decode_static_mode"] == "compiled:flex" and s["decode_static_x_floor"] == pytest.approx(1.1)
-    assert "smollm2-135m, bfloat16, 4 prompts x 64 tokens" in s["decode_static_checked_by"]
+    assert (
+        "smollm2-135m, bfloat16, 4 prompts x 64 tokens: identical to plain" in s["decode_static_checked_by"]
+    )
+
+
+def test_a_mode_that_parts_from_plain_counts_only_if_no_further_from_float32():
+    run = _run()
+    run["batch1"].append(
+        {"method": "dynamickv", "tokens": 131072, "mode": "compiled:matmul", "decode_ms": 4.4,
+         "floor_ms": 4.0, "x_floor": 1.1, "tokens_agree": 9, "tokens_compared": 64}
+    )  # fmt: skip
+
+    def check(identical, agree):
+        def s(ident, tok_agree, ref_ident, ref_agree):
+            return {"prompts": 4, "identical": ident, "tokens_agree": tok_agree, "tokens_compared": 256,
+                    "reference_identical": ref_ident, "reference_agree": ref_agree}  # fmt: skip
+
+        return {
+            "agreement_meta": {"model": "smollm2-135m", "dtype": "bfloat16", "reference": "float32"},
+            "agreement_summary": {"plain": s(4, 256, 2, 200), "compiled:matmul": s(2, 180, identical, agree)},
+        }
+
+    assert summary(merge([run, check(2, 200)]))["decode_static_mode"] == "compiled:matmul"
+    assert summary(merge([run, check(3, 230)]))["decode_static_mode"] == "compiled:matmul"
+    assert summary(merge([run, check(1, 230)]))["decode_static_mode"] == "compiled"  # further from float32
+    assert summary(merge([run, check(2, 199)]))["decode_static_mode"] == "compiled"

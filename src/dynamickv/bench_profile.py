@@ -145,13 +145,19 @@ def agreement(tokens: torch.Tensor, reference: torch.Tensor) -> int:
 
 
 def decode_variants(
-    model, request: dict[str, Any], modes: list[str], steps: int, floor_ms: float | None = None
+    model,
+    request: dict[str, Any],
+    modes: list[str],
+    steps: int,
+    floor_ms: float | None = None,
+    keep_tokens: bool = False,
 ) -> list[dict[str, Any]]:
     """Batch-1 decode of one request in each mode (CUDA graph where available): ``steps`` steps run
     back to back after capture and timed together (no host synchronisation between steps).
 
     A mode that fails records its error and the others go on. ``tokens_agree`` counts the leading
-    tokens equal to the first mode's (compiled kernels need not be bit-exact)."""
+    tokens equal to the first mode's (compiled kernels need not be bit-exact); ``keep_tokens`` keeps
+    each mode's tokens in its row."""
     rows, reference = [], None
     for mode in modes:
         try:
@@ -164,6 +170,8 @@ def decode_variants(
         if reference is None:
             reference = tokens
         row["tokens_agree"] = agreement(tokens, reference)
+        if keep_tokens:
+            row["tokens"] = tokens
         row["tokens_compared"] = int(reference.shape[1])
         if floor_ms:
             row["floor_ms"] = floor_ms

@@ -37,20 +37,38 @@ def _exact(row: dict[str, Any]) -> bool:
 
 
 def verified_modes(result: dict[str, Any]) -> dict[str, str]:
-    """Decode modes whose greedy tokens equal the plain path's on every prompt of a real-model check
-    (``benchmarks/decode_agreement.py``), each with a description of that check.
+    """Decode modes a real-model check (``benchmarks/decode_agreement.py``) clears, each with a
+    description of that check: the mode's greedy tokens equal the plain path's on every prompt, or
+    they part from the float32 reference decode no more than the plain path's do (no fewer prompts
+    identical to it and no fewer tokens agreeing with it).
 
     Why: the timed model has random weights and nearly flat logits, where bf16 rounding in another
     kernel flips a greedy token within a few steps; a real model's peaked logits do not hide a wrong
-    kernel that way."""
+    kernel that way, and two correct bf16 kernels still part at near-ties, which the float32
+    reference tells apart from a less accurate kernel."""
     meta = result.get("agreement_meta", {})
+    summary = result.get("agreement_summary", {})
+    plain = summary.get("plain", {})
     out = {}
-    for mode, s in result.get("agreement_summary", {}).items():
-        if s.get("prompts") and s["identical"] == s["prompts"] and "error" not in s:
-            out[mode] = (
-                f"{meta.get('model', 'real model')}, {meta.get('dtype', '')}, {s['prompts']} prompts x "
-                f"{s['tokens_compared'] // s['prompts']} tokens"
-            )
+    for mode, s in summary.items():
+        if not s.get("prompts") or "error" in s:
+            continue
+        what = (
+            f"{meta.get('model', 'real model')}, {meta.get('dtype', '')}, {s['prompts']} prompts x "
+            f"{s['tokens_compared'] // s['prompts']} tokens"
+        )
+        if s["identical"] == s["prompts"]:
+            out[mode] = f"{what}: identical to plain"
+        elif "reference_agree" in s and "reference_agree" in plain and s["prompts"] == plain.get("prompts"):
+            if (
+                s["reference_identical"] >= plain["reference_identical"]
+                and s["reference_agree"] >= plain["reference_agree"]
+            ):
+                out[mode] = (
+                    f"{what}: agrees with the {meta.get('reference')} reference on {s['reference_identical']} "
+                    f"prompts and {s['reference_agree']} tokens, plain on {plain['reference_identical']} and "
+                    f"{plain['reference_agree']}"
+                )
     return out
 
 
@@ -86,7 +104,7 @@ def summary(result: dict[str, Any]) -> dict[str, Any]:
         if best is None
         else "its tokens equal plain's on the timed model"
         if _exact(best)
-        else f"its tokens equal plain's on every prompt of the real-model check ({verified[best['mode']]})"
+        else f"real-model check ({verified[best['mode']]})"
     )
     out["decode_static_ms_128k"] = best["decode_ms"] if best else None
     out["decode_x_floor_by_mode_128k"] = {r["mode"]: r["x_floor"] for r in at128}
