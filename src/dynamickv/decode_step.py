@@ -13,8 +13,8 @@ weights with
   the decoder's preallocated buffers with an additive per-(row, KV head) slot mask. Three kernels
   compute it (:data:`ATTENTIONS`): ``sdpa`` (PyTorch's fused attention; with a mask on CUDA that is
   the memory-efficient kernel, one block per (row, KV head), which at one query token and ~1k slots
-  is latency-bound), ``matmul`` (float32 scores, a softmax that ``torch.compile`` fuses with the
-  mask, one batched GEMV with the values) and ``flex`` (FlexAttention, whose compiled decode kernel splits the slots over blocks,
+  is latency-bound), ``matmul`` (two batched GEMVs, float32 scores, and a softmax that
+  ``torch.compile`` fuses with the mask) and ``flex`` (FlexAttention, whose compiled decode kernel splits the slots over blocks,
   as flash-decoding does);
 * optionally ``torch.compile`` of the per-layer function (as gpt-fast does), which fuses the norms,
   rotary and residual adds; layers share one compiled graph (one recompile when layers differ in
@@ -114,23 +114,27 @@ def grouped_attention(
 def matmul_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scaling: float
 ) -> torch.Tensor:
-    """:func:`grouped_attention` as float32 scores, a float32 softmax and one batched matmul with the
-    values (same arguments).
+    """:func:`grouped_attention` as two batched matmuls and a float32 softmax (same arguments).
 
-    Why: compiled, this is one reduction kernel for the scores (the keys upcast inside it, never
-    copied), one fused scale+mask+softmax kernel and one small GEMM, which at one query token beats
-    SDPA's masked kernel (one block per (row, KV head) walking every slot). The scores stay in
-    float32, as inside SDPA's kernels: rounded to bf16 (a bf16 matmul's output) they part from a
-    float32 decode more often than the plain path does (``benchmarks/decode_agreement.py``)."""
+    Why: compiled, this is two small GEMMs and one fused scale+mask+softmax kernel, which at one
+    query token beats SDPA's masked kernel (one block per (row, KV head) walking every slot). The
+    scores stay in float32, as inside SDPA's kernels (on CUDA a bf16 GEMM with a float32 output):
+    rounded to bf16 they part from a float32 decode more often than the plain path does
+    (``benchmarks/decode_agreement.py``)."""
     b, heads, _, d = query.shape
-    kv_heads = keys.shape[1]
-    grouped = query.reshape(b, kv_heads, heads // kv_heads, d).float()
-    if torch.compiler.is_compiling():  # Inductor fuses the upcast into the reduction
-        scores = (grouped.unsqueeze(3) * keys.unsqueeze(2).float()).sum(-1)
+    kv_heads, slots = keys.shape[1], keys.shape[2]
+    grouped = query.reshape(b * kv_heads, heads // kv_heads, d)
+    flat_keys = keys.reshape(b * kv_heads, slots, d).transpose(1, 2)
+    if keys.is_cuda and _BMM_OUT_DTYPE:
+        scores = torch.bmm(grouped, flat_keys, out_dtype=torch.float32)
     else:
-        scores = torch.matmul(grouped, keys.float().transpose(-1, -2))
-    weights = (scores * scaling + mask.float()).softmax(-1)
-    return torch.matmul(weights.to(values.dtype), values).reshape(b, heads, 1, d)
+        scores = torch.bmm(grouped.float(), flat_keys.float())
+    scores = scores.view(b, kv_heads, -1, slots) * scaling + mask.float()
+    return torch.matmul(scores.softmax(-1).to(values.dtype), values).reshape(b, heads, 1, d)
+
+
+#: ``torch.bmm(..., out_dtype=)`` (bf16 inputs, float32 output; CUDA), in recent PyTorch.
+_BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")
 
 
 def flex_grouped_attention(
