@@ -42,6 +42,7 @@ def test_bench_batch_runs_on_the_tiny_config(tmp_path):
     [
         (["--batch", "2", "--methods", "nope"], "unknown method 'nope'"),
         (["--batch", "2", "--mode", "turbo"], "unknown decode mode 'turbo'"),
+        (["--batch", "2", "--mode", "compiled:flash"], "unknown decode attention 'flash'"),
         (["--steps", "0"], "--steps must be at least 1"),
         (["--budget", "0"], "--budget must be at least 1"),
     ],
@@ -77,11 +78,12 @@ def test_decode_variants_agree_and_record_failures():
     model = tiny_model("llama")
     ids = torch.randint(3, 256, (1, 200), generator=torch.Generator().manual_seed(2))
     req = prefill(model, "dynamickv", 48, ids)
-    rows = decode_variants(model, req, ["plain", "fused", "functional", "bogus"], 6, floor_ms=1.0)
-    assert [r["mode"] for r in rows[:3]] == ["plain", "fused", "functional"]
-    for r in rows[:3]:
+    modes = ["plain", "fused", "functional", "fused:matmul", "bogus"]
+    rows = decode_variants(model, req, modes, 6, floor_ms=1.0)
+    assert [r["mode"] for r in rows[:4]] == modes[:4]
+    for r in rows[:4]:
         assert r["tokens_agree"] == r["tokens_compared"] == 8 and r["x_floor"] == r["decode_ms"]
-    assert "unknown decode mode" in rows[3]["error"]
+    assert "unknown decode mode" in rows[4]["error"]
     roof = gemv_roofline(model)
     assert roof["gemv_kernels"] == 4 * 8 + 1 and roof["gemv_ms"] > 0
     profile = profile_step(model, req, "fused")  # on CPU: no kernels to see, the wall time only

@@ -31,13 +31,18 @@ def register(app) -> None:
         max_batch: Annotated[bool, typer.Option(help="find the largest batch that fits, per method")] = False,
         distinct: Annotated[int, typer.Option(help="distinct prefilled requests copied over the rows")] = 2,
         mode: Annotated[
-            str, typer.Option(help="decode step: auto, plain, functional, fused, compiled")
+            str,
+            typer.Option(
+                help="decode step: auto, plain, functional, fused, compiled; "
+                "optionally :sdpa, :matmul or :flex (attention kernel), e.g. compiled:matmul"
+            ),
         ] = "auto",
     ) -> None:
         """Benchmark prefill, memory and decode against plain transformers (and kvpress).
 
         With --batch N (N > 1) or --max-batch: batched decode throughput and time to first token."""
         from .bench import run_bench
+        from .decode_step import ATTENTIONS
         from .errors import InputError
         from .serving import MODES
 
@@ -48,8 +53,11 @@ def register(app) -> None:
 
         if config not in CONFIGS:
             raise InputError(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
-        if mode not in MODES:
-            raise InputError(f"unknown decode mode {mode!r}; known: {', '.join(MODES)}")
+        step, _, attention = mode.partition(":")
+        if step not in MODES:
+            raise InputError(f"unknown decode mode {step!r}; known: {', '.join(MODES)}")
+        if attention and attention not in ATTENTIONS:
+            raise InputError(f"unknown decode attention {attention!r}; known: {', '.join(ATTENTIONS)}")
         if steps < 1:
             raise InputError(f"--steps must be at least 1, got {steps}")
         if budget < 1:

@@ -283,6 +283,16 @@ def markdown(result: dict[str, Any]) -> str:
         )
     if result.get("profiles"):
         parts.append(_profiles(result["profiles"]))
+    if result.get("agreement_summary"):
+        parts.append(_agreement(result))
+    repeats = prefill_repeats(result.get("prefill_repeats", []), _lengths(result)["128k"])
+    if repeats:
+        parts.append(
+            f"\n### Prefill at {_lengths(result)['128k']} tokens, repeated\n\nTTFT s, alternating after one warm-up "
+            f"each: full KV (plain transformers) {', '.join(f'{t:.2f}' for t in repeats['fullkv_plain_s'])}; "
+            f"DynamicKV {', '.join(f'{t:.2f}' for t in repeats['dynamickv_s'])}. Ratio of the medians "
+            f"{repeats['ratio']:.4f} (pairwise {repeats['pair_ratio_min']:.4f}-{repeats['pair_ratio_max']:.4f}).\n"
+        )
     if result.get("serving"):
         parts += ["\n### Largest batch and decode throughput\n", _render(result["serving"], SERVING)]
     if result.get("kvpress"):
@@ -324,6 +334,30 @@ def part_of(key: str, row: dict[str, Any], lengths: dict[str, int]) -> str | Non
     if key == "serving":
         return f"serve_{size}" if size else None
     return {"profiles": "b1_128k", "kvpress": "kvpress", "prefill_repeats": "prefill_128k"}.get(key)
+
+
+def _agreement(result: dict[str, Any]) -> str:
+    """The real-model check of the decode modes, and which modes it clears."""
+    meta, verified = result.get("agreement_meta", {}), verified_modes(result)
+    ref = meta.get("reference") or "reference"
+    rows = [
+        [
+            mode,
+            f"{s['identical']}/{s['prompts']}",
+            f"{s['tokens_agree']}/{s['tokens_compared']}",
+            f"{s.get('reference_identical', '-')}/{s['prompts']}",
+            f"{s.get('reference_agree', '-')}/{s['tokens_compared']}",
+            "yes" if mode in verified else "no",
+        ]
+        for mode, s in result["agreement_summary"].items()
+    ]
+    head = (
+        f"\n### Decode modes on a real model ({meta.get('model')}, {meta.get('dtype')}, {meta.get('method')} "
+        f"B = {meta.get('budget')}, {meta.get('date', '')[:10]})\n"
+    )
+    header = ["mode", "prompts identical to plain", "tokens agreeing", f"prompts identical to {ref}",
+              "tokens agreeing", "checked"]  # fmt: skip
+    return head + "\n" + _table(header, rows)
 
 
 def merge(results: list[dict[str, Any]]) -> dict[str, Any]:

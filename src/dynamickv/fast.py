@@ -71,6 +71,7 @@ class StaticDecoder:
         graph: capture the step as a CUDA graph (default: when on one CUDA device).
         mode: how a step is computed (``auto``, ``plain``, ``functional``, ``fused``, ``compiled``;
             see :class:`~dynamickv.serving.BatchDecoder`).
+        attention: the functional step's attention kernel (``sdpa``, ``matmul``, ``flex``).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class StaticDecoder:
         max_new_tokens: int,
         graph: bool | None = None,
         mode: str = "auto",
+        attention: str = "sdpa",
     ) -> None:
         from .serving import BatchDecoder
 
@@ -97,6 +99,7 @@ class StaticDecoder:
             prompt_slots=[k.shape[-2] for k in prompts],
             graph=graph,
             mode=mode,
+            attention=attention,
         )
         self.graph_on = self.decoder.graph_on
 
