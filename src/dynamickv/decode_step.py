@@ -13,8 +13,8 @@ weights with
   the decoder's preallocated buffers with an additive per-(row, KV head) slot mask. Three kernels
   compute it (:data:`ATTENTIONS`): ``sdpa`` (PyTorch's fused attention; with a mask on CUDA that is
   the memory-efficient kernel, one block per (row, KV head), which at one query token and ~1k slots
-  is latency-bound), ``matmul`` (a batched GEMV for float32 scores, a softmax that
-  ``torch.compile`` fuses with the mask, a float32 weighted sum of the values) and ``flex`` (FlexAttention, whose compiled decode kernel splits the slots over blocks,
+  is latency-bound), ``matmul`` (two batched GEMVs, float32 scores, and a softmax that
+  ``torch.compile`` fuses with the mask) and ``flex`` (FlexAttention, whose compiled decode kernel splits the slots over blocks,
   as flash-decoding does);
 * optionally ``torch.compile`` of the per-layer function (as gpt-fast does), which fuses the norms,
   rotary and residual adds; layers share one compiled graph (one recompile when layers differ in
@@ -114,15 +114,13 @@ def grouped_attention(
 def matmul_attention(
     query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scaling: float
 ) -> torch.Tensor:
-    """:func:`grouped_attention` as a GEMM for the scores, a float32 softmax and a float32 weighted
-    sum of the values (same arguments).
+    """:func:`grouped_attention` as two batched matmuls and a float32 softmax (same arguments).
 
-    Why: compiled, this is one small GEMM, one fused scale+mask+softmax kernel and one reduction
-    over the slots, which at one query token beats SDPA's masked kernel (one block per (row, KV
-    head) walking every slot). Scores, weights and the weighted sum stay in float32 (on CUDA the
-    scores come from a bf16 GEMM with a float32 output; compiled, the values are upcast inside the
-    reduction, never copied): rounded to bf16 on the way, they parted from a float32 decode more
-    often than the plain path does (``benchmarks/decode_agreement.py``)."""
+    Why: compiled, this is two small GEMMs and one fused scale+mask+softmax kernel, which at one
+    query token beats SDPA's masked kernel (one block per (row, KV head) walking every slot). The
+    scores stay in float32, as inside SDPA's kernels (on CUDA a bf16 GEMM with a float32 output):
+    rounded to bf16 they part from a float32 decode more often than the plain path does
+    (``benchmarks/decode_agreement.py``)."""
     b, heads, _, d = query.shape
     kv_heads, slots = keys.shape[1], keys.shape[2]
     grouped = query.reshape(b * kv_heads, heads // kv_heads, d)
@@ -131,12 +129,8 @@ def matmul_attention(
         scores = torch.bmm(grouped, flat_keys, out_dtype=torch.float32)
     else:
         scores = torch.bmm(grouped.float(), flat_keys.float())
-    weights = (scores.view(b, kv_heads, -1, slots) * scaling + mask.float()).softmax(-1)
-    if torch.compiler.is_compiling():  # a reduction over the slots, the upcast fused into it
-        out = (weights.unsqueeze(-1) * values.unsqueeze(2).float()).sum(-2)
-    else:
-        out = torch.matmul(weights, values.float())
-    return out.to(values.dtype).reshape(b, heads, 1, d)
+    scores = scores.view(b, kv_heads, -1, slots) * scaling + mask.float()
+    return torch.matmul(scores.softmax(-1).to(values.dtype), values).reshape(b, heads, 1, d)
 
 
 #: ``torch.bmm(..., out_dtype=)`` (bf16 inputs, float32 output; CUDA), in recent PyTorch.
@@ -179,7 +173,6 @@ def _project(h: torch.Tensor, weight, bias, sizes: tuple[int, ...]) -> tuple[tor
 def layer_step(
     spec: StepSpec,
     x: torch.Tensor,
-    pending: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     keys: torch.Tensor,
@@ -192,11 +185,6 @@ def layer_step(
 ) -> torch.Tensor:
     """One decoder layer for one new token per row; writes its K/V at ``slot`` and unmasks it.
 
-    Returns ``(x, mlp_out)``: the residual stream after attention and the MLP's output, which the
-    *next* layer adds to it (``pending``; zeros for the first layer). Why: compiled per layer, the
-    residual add then lands in the same kernel as the next layer's first norm instead of a kernel of
-    its own; the arithmetic and its order are unchanged.
-
     ``x`` ``[b, 1, hidden]``; ``keys``/``values`` ``[b, kv_heads, slots, d]``; ``mask``
     ``[b, kv_heads, slots]`` additive; ``slot`` ``[b]``; ``rows``/``heads`` index helpers
     (``[b, 1]`` and ``[1, kv_heads]`` aranges); ``weights`` a :meth:`LayerWeights.as_tuple`.
@@ -204,7 +192,6 @@ def layer_step(
     ln1, qkv_w, qkv_b, q_norm, k_norm, o_w, o_b, ln2, gu_w, gu_b, down_w, down_b = weights
     b = x.shape[0]
     d, hq, hkv = spec.head_dim, spec.heads, spec.kv_heads
-    x = x + pending
     h = rms_norm(x, ln1, spec.eps)
     q, k, v = _project(h, qkv_w, qkv_b, (hq * d, hkv * d, hkv * d))
     q, k, v = q.view(b, 1, hq, d), k.view(b, 1, hkv, d), v.view(b, 1, hkv, d)
@@ -219,7 +206,7 @@ def layer_step(
     h = rms_norm(x, ln2, spec.eps)
     half = down_w.shape[1]
     gate, up = _project(h, gu_w, gu_b, (half, half))
-    return x, F.linear(_ACTIVATIONS[spec.act](gate) * up, down_w, down_b)
+    return x + F.linear(_ACTIVATIONS[spec.act](gate) * up, down_w, down_b)
 
 
 def _fuse(modules: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -378,10 +365,9 @@ class FusedStep:
         ``(keys, values, mask)`` per layer."""
         x = self.embed(tokens.view(-1, 1))
         cos, sin = self.rotary(x, positions.view(-1, 1))
-        pending = torch.zeros_like(x)
         for w, (k, v, m) in zip(self.weights, buffers, strict=True):
-            x, pending = self.layer_fn(x, pending, cos, sin, k, v, m, slot, rows, heads, w)
-        x = rms_norm(x + pending, self.norm_w, self.norm_eps)
+            x = self.layer_fn(x, cos, sin, k, v, m, slot, rows, heads, w)
+        x = rms_norm(x, self.norm_w, self.norm_eps)
         return F.linear(x[:, -1], self.head_w, self.head_b)
 
 
