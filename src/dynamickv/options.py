@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import InputError
 
@@ -73,6 +74,16 @@ def check_truncate(value: str | None) -> str | None:
     return "middle"
 
 
+def _read_chunks(f: BinaryIO) -> bytes:
+    """All of ``f``, one chunk per call. Why: a single ``read()`` of a pipe loops inside C until the
+    writer closes it, so a Ctrl-C that lands between two of its reads waits for the writer; here it
+    is raised before the next chunk."""
+    parts = []
+    while chunk := f.read1(1 << 16):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def read_context(path: Path) -> str:
     """The text of a context file (``-`` reads standard input).
 
@@ -81,7 +92,7 @@ def read_context(path: Path) -> str:
     the model will see replacement characters where the bytes were not text.
     """
     if str(path) == "-":
-        data = sys.stdin.buffer.read()
+        data = _read_chunks(sys.stdin.buffer)
         where = "standard input"
     else:
         if not path.exists():
@@ -89,7 +100,8 @@ def read_context(path: Path) -> str:
         if path.is_dir():
             raise InputError(f"context file {path} is a directory; give a text file")
         try:
-            data = path.read_bytes()
+            with path.open("rb") as f:
+                data = _read_chunks(f)
         except OSError as exc:
             raise InputError(f"cannot read context file {path}: {exc.strerror or exc}") from None
         where = str(path)
