@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dynamickv import models
+from dynamickv import model_cache, models
 from dynamickv.errors import DynamicKVError, ModelNotFoundError
 from dynamickv.models import (
     DEFAULT_MODEL,
@@ -89,7 +89,7 @@ class ConvertSpy:
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> ConvertSpy:
     spy = ConvertSpy()
-    monkeypatch.setattr(models, "_convert_gguf", spy)
+    monkeypatch.setattr(model_cache, "_convert_gguf", spy)
     return spy
 
 
@@ -300,14 +300,14 @@ def test_failed_conversion_leaves_no_half_cache(
     fake_model: SimpleNamespace, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     failing = ConvertSpy(fail=True)
-    monkeypatch.setattr(models, "_convert_gguf", failing)
+    monkeypatch.setattr(model_cache, "_convert_gguf", failing)
     with pytest.raises(RuntimeError, match="conversion interrupted"):
         resolve_model_dir("fake-model", cache_dir=cache)
     assert failing.calls  # it did get as far as writing files
     assert _leftovers(cache) == []  # ... none of which survived
 
     working = ConvertSpy()
-    monkeypatch.setattr(models, "_convert_gguf", working)
+    monkeypatch.setattr(model_cache, "_convert_gguf", working)
     target = resolve_model_dir("fake-model", cache_dir=cache)
     assert (target / SOURCE_FILE).is_file() and len(working.calls) == 1
 
@@ -349,14 +349,14 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         pytest.skip(f"needs {EMBEDDED['smollm2-135m'].install_command}")
     cache = tmp_path_factory.mktemp("dynamickv-cache")
     calls = []
-    real_convert = models._convert_gguf
+    real_convert = model_cache._convert_gguf
 
     def counting(*args: object, **kwargs: object) -> None:
         calls.append(args)
         real_convert(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(models, "_convert_gguf", counting)
+        mp.setattr(model_cache, "_convert_gguf", counting)
         model, tokenizer = load_model("smollm2-135m", cache_dir=cache, progress=False)
     return SimpleNamespace(cache=cache, model=model, tokenizer=tokenizer, convert_calls=calls)
 
@@ -400,7 +400,7 @@ def test_smollm2_second_load_comes_from_cache(
     def must_not_hash(*args: object, **kwargs: object) -> str:
         raise AssertionError("the GGUF was hashed again")
 
-    monkeypatch.setattr(models, "_convert_gguf", must_not_convert)
+    monkeypatch.setattr(model_cache, "_convert_gguf", must_not_convert)
     monkeypatch.setattr(models, "_sha256_file", must_not_hash)
     model, tokenizer = load_model("smollm2-135m", cache_dir=smollm2.cache, progress=False)
     assert model.config.num_hidden_layers == 30
@@ -466,10 +466,10 @@ def test_special_tokens_follow_the_model_config() -> None:
     tok.bos_token, tok.eos_token = "<s>", "<s>"  # the wrong EOS
     eos = tok.convert_tokens_to_ids("</s>")
     config = SimpleNamespace(bos_token_id=tok.convert_tokens_to_ids("<s>"), eos_token_id=eos)
-    assert models.align_special_tokens(tok, config) == [f"eos={eos}"]
+    assert model_cache.align_special_tokens(tok, config) == [f"eos={eos}"]
     assert tok.eos_token == "</s>" and tok.eos_token_id == eos
-    assert models.align_special_tokens(tok, config) == []  # already right: nothing to do
-    assert models.align_special_tokens(tok, SimpleNamespace(eos_token_id=10**6)) == []  # not a token
+    assert model_cache.align_special_tokens(tok, config) == []  # already right: nothing to do
+    assert model_cache.align_special_tokens(tok, SimpleNamespace(eos_token_id=10**6)) == []  # not a token
 
 
 def test_device_auto_needs_accelerate(monkeypatch: pytest.MonkeyPatch) -> None:
