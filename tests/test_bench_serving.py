@@ -27,6 +27,7 @@ def test_bench_batch_runs_on_the_tiny_config(tmp_path):
     proc = _cli(
         "bench", "--config", "tiny", "--device", "cpu", "--batch", "3", "--lengths", "160",
         "--methods", "fullkv,dynamickv", "--budget", "48", "--steps", "4", "--out", str(out),
+        "--mode", "fused:matmul",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))["rows"]
@@ -35,6 +36,7 @@ def test_bench_batch_runs_on_the_tiny_config(tmp_path):
     for r in rows:
         assert r["rows"] == 3 and r["tokens_per_s"] > 0 and r["ttft_s"] > 0 and "error" not in r
     assert rows[2]["kept_mean"] == 48 and rows[2]["cache_mib_per_request"] < rows[0]["cache_mib_per_request"]
+    assert rows[2]["mode"] == "fused:matmul"  # the attention kernel asked for is the one measured
 
 
 @pytest.mark.parametrize(
