@@ -92,20 +92,23 @@ def test_decode_variants_agree_and_record_failures():
     assert profile["mode"] == "fused" and profile["eager_wall_ms_per_step"] > 0
 
 
+def _b1(mode, ms, agree=64, **extra):
+    """A batch-1 DynamicKV row at 128k (floor 4 ms) as ``h200_serving.py`` writes it."""
+    return {
+        "method": "dynamickv",
+        "tokens": 131072,
+        "mode": mode,
+        "decode_ms": ms,
+        "floor_ms": 4.0,
+        "x_floor": ms / 4.0,
+        "tokens_agree": agree,
+        "tokens_compared": 64,
+        **extra,
+    }
+
+
 def _run():
     lengths = {"32k": 32768, "128k": 131072, "512k": 524288}
-
-    def b1(mode, ms, agree=64):
-        return {
-            "method": "dynamickv",
-            "tokens": 131072,
-            "mode": mode,
-            "decode_ms": ms,
-            "floor_ms": 4.0,
-            "x_floor": ms / 4.0,
-            "tokens_agree": agree,
-            "tokens_compared": 64,
-        }
 
     def serve(method, tps, tokens=32768):
         return {"method": method, "tokens": tokens, "tokens_per_s": tps, "max_batch": 10, "decode_ms": 1.0}
@@ -114,10 +117,10 @@ def _run():
         "meta": {"lengths": lengths, "date": "d", "device": "gpu"},
         "parts": {"long_512k": {"skipped": "time"}},
         "batch1": [
-            b1("plain", 8.0),
-            b1("fused", 6.0),
-            b1("compiled", 4.8),
-            b1("compiled-wrong", 4.0, agree=30),
+            _b1("plain", 8.0),
+            _b1("fused", 6.0),
+            _b1("compiled", 4.8),
+            _b1("compiled-wrong", 4.0, agree=30),
         ],
         "serving": [
             serve("fullkv-plain", 500.0),
@@ -182,19 +185,7 @@ def test_a_later_run_replaces_the_parts_it_measured_again():
             "prefill_128k": {"seconds": 80.0},
             "kvpress": {"skipped": "t"},
         },
-        "batch1": [
-            {
-                "method": "dynamickv",
-                "tokens": 131072,
-                "mode": "compiled:flex",
-                "decode_ms": 4.4,
-                "floor_ms": 4.0,
-                "x_floor": 1.1,
-                "tokens_agree": 64,
-                "tokens_compared": 64,
-                "part": "b1_128k",
-            }
-        ],
+        "batch1": [_b1("compiled:flex", 4.4, part="b1_128k")],
         "prefill": [
             {
                 "method": "dynamickv",
@@ -225,18 +216,7 @@ def test_a_later_run_replaces_the_parts_it_measured_again():
 
 def test_a_mode_counts_for_the_floor_when_a_real_model_check_agrees():
     run = _run()
-    run["batch1"].append(
-        {
-            "method": "dynamickv",
-            "tokens": 131072,
-            "mode": "compiled:flex",
-            "decode_ms": 4.4,
-            "floor_ms": 4.0,
-            "x_floor": 1.1,
-            "tokens_agree": 9,
-            "tokens_compared": 64,
-        }
-    )
+    run["batch1"].append(_b1("compiled:flex", 4.4, agree=9))
     assert summary(run)["decode_static_mode"] == "compiled"  # random weights: it disagrees early
     check = {
         "agreement_meta": {"model": "smollm2-135m", "dtype": "bfloat16"},
@@ -254,10 +234,7 @@ def test_a_mode_counts_for_the_floor_when_a_real_model_check_agrees():
 
 def test_a_mode_that_parts_from_plain_counts_only_if_no_further_from_float32():
     run = _run()
-    run["batch1"].append(
-        {"method": "dynamickv", "tokens": 131072, "mode": "compiled:matmul", "decode_ms": 4.4,
-         "floor_ms": 4.0, "x_floor": 1.1, "tokens_agree": 9, "tokens_compared": 64}
-    )  # fmt: skip
+    run["batch1"].append(_b1("compiled:matmul", 4.4, agree=9))
 
     def check(identical, agree):
         def s(ident, tok_agree, ref_ident, ref_agree):

@@ -16,7 +16,7 @@ from dynamickv.cache import CompressedLayer, cache_kwarg, compressed_layers, for
 from dynamickv.compressor import attach_key_mask
 from dynamickv.decode_step import layer_weights
 from dynamickv.errors import InputError
-from dynamickv.serving import BatchDecoder, serve
+from dynamickv.serving import BatchDecoder, parse_mode, serve
 from tiny import one_thread, tiny_model
 
 single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
@@ -82,8 +82,8 @@ def test_batched_rows_equal_each_request_alone(family, mode):
 
 def _decoder(model, mode: str, **kwargs) -> BatchDecoder:
     """A decoder for ``mode``, optionally ``mode:attention``."""
-    mode, _, attention = mode.partition(":")
-    return BatchDecoder(model, mode=mode, attention=attention or "sdpa", **kwargs)
+    step, attention = parse_mode(mode)
+    return BatchDecoder(model, mode=step, attention=attention, **kwargs)
 
 
 def test_joining_requests_get_their_own_answers():

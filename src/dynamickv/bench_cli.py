@@ -42,9 +42,8 @@ def register(app) -> None:
 
         With --batch N (N > 1) or --max-batch: batched decode throughput and time to first token."""
         from .bench import run_bench
-        from .decode_step import ATTENTIONS
         from .errors import InputError
-        from .serving import MODES
+        from .serving import parse_mode
 
         if device == "auto":
             import torch
@@ -53,11 +52,7 @@ def register(app) -> None:
 
         if config not in CONFIGS:
             raise InputError(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
-        step, _, attention = mode.partition(":")
-        if step not in MODES:
-            raise InputError(f"unknown decode mode {step!r}; known: {', '.join(MODES)}")
-        if attention and attention not in ATTENTIONS:
-            raise InputError(f"unknown decode attention {attention!r}; known: {', '.join(ATTENTIONS)}")
+        parse_mode(mode)  # one line for a bad mode, before the model is built
         if steps < 1:
             raise InputError(f"--steps must be at least 1, got {steps}")
         if budget < 1:

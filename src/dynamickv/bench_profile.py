@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .bench_serving import GIB, decoder_rate, release, sync
 from .decode_step import layer_weights
-from .serving import BatchDecoder
+from .serving import BatchDecoder, parse_mode
 
 _KINDS = (  # attention first: memory-efficient attention's kernels are named fmha_cutlass...
     ("attention", ("attention", "fmha", "flash", "cudnn", "sdpa", "softmax")),
@@ -97,7 +97,7 @@ def profile_step(model, request: dict[str, Any], mode: str, steps: int = 3) -> d
 
     device = request["first"].device
     out: dict[str, Any] = {"mode": mode}
-    base, _, attention = mode.partition(":")
+    step, attention = parse_mode(mode)
     for graph in (False, True) if device.type == "cuda" else (False,):
         decoder = BatchDecoder(
             model,
@@ -105,8 +105,8 @@ def profile_step(model, request: dict[str, Any], mode: str, steps: int = 3) -> d
             2 * steps + 4,
             prompt_slots=prompt_slots([request]),
             graph=graph,
-            mode=base,
-            attention=attention or "sdpa",
+            mode=step,
+            attention=attention,
         )
         decoder.add(_Layers(_layers(request)), request["first"])
         decoder.decode(2)  # warm-up, capture (compiled mode compiles here)

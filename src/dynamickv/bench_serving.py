@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .cache import CompressedLayer, _LayerGroup, cache_bytes, cache_kwarg, output_cache
-from .serving import BatchDecoder
+from .serving import BatchDecoder, parse_mode
 
 GIB = 2**30
 
@@ -154,10 +154,8 @@ def decoder_rate(
     release(device)
     base = _allocated(device)
     t0 = time.perf_counter()
-    mode, _, attention = mode.partition(":")
-    decoder = BatchDecoder(
-        model, rows, steps + 2, prompt_slots=slots, mode=mode, attention=attention or "sdpa"
-    )
+    step, attention = parse_mode(mode)
+    decoder = BatchDecoder(model, rows, steps + 2, prompt_slots=slots, mode=step, attention=attention)
     fill(decoder, requests)
     decoder.decode(1)  # capture (graph), compile (compiled mode)
     sync(device)
@@ -168,7 +166,7 @@ def decoder_rate(
     ms = (time.perf_counter() - t0) / steps * 1e3
     row = {
         "rows": rows,
-        "mode": decoder.mode if decoder.attention == "sdpa" else f"{decoder.mode}:{decoder.attention}",
+        "mode": decoder.label,
         "graph": decoder.graph_on,
         "decode_ms": ms,
         "tokens_per_s": rows / ms * 1e3,

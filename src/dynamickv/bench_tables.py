@@ -59,17 +59,22 @@ def verified_modes(result: dict[str, Any]) -> dict[str, str]:
         )
         if s["identical"] == s["prompts"]:
             out[mode] = f"{what}: identical to plain"
-        elif "reference_agree" in s and "reference_agree" in plain and s["prompts"] == plain.get("prompts"):
-            if (
-                s["reference_identical"] >= plain["reference_identical"]
-                and s["reference_agree"] >= plain["reference_agree"]
-            ):
-                out[mode] = (
-                    f"{what}: agrees with the {meta.get('reference')} reference on {s['reference_identical']} "
-                    f"prompts and {s['reference_agree']} tokens, plain on {plain['reference_identical']} and "
-                    f"{plain['reference_agree']}"
-                )
+        elif _no_further_from_reference(s, plain):
+            out[mode] = (
+                f"{what}: agrees with the {meta.get('reference')} reference on {s['reference_identical']} "
+                f"prompts and {s['reference_agree']} tokens, plain on {plain['reference_identical']} and "
+                f"{plain['reference_agree']}"
+            )
     return out
+
+
+def _no_further_from_reference(mode: dict[str, Any], plain: dict[str, Any]) -> bool:
+    """Over the same prompts, ``mode`` has no fewer prompts identical to the reference decode and no
+    fewer tokens agreeing with it than ``plain`` (False where either lacks the reference columns)."""
+    keys = ("reference_identical", "reference_agree")
+    if not all(k in mode and k in plain for k in keys) or mode["prompts"] != plain.get("prompts"):
+        return False
+    return all(mode[k] >= plain[k] for k in keys)
 
 
 def best_throughput(rows: list[dict[str, Any]], tokens: int, full: bool) -> dict[str, Any] | None:
@@ -371,19 +376,19 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
         lengths = _lengths(r)
         ran = {p for p, rec in r.get("parts", {}).items() if "skipped" not in rec and p != "setup"}
         out["meta"]["runs"].append({"date": r.get("meta", {}).get("date"), "parts": sorted(ran)})
-        for key, value in out.items():
-            if isinstance(value, list):
-                out[key] = [
-                    x for x in value if not isinstance(x, dict) or part_of(key, x, lengths) not in ran
-                ]
+        for key, value in out.items():  # rows of the parts this run measured again go
+            if isinstance(value, list) and key != "notes":
+                out[key] = [x for x in value if part_of(key, x, lengths) not in ran]
         for key, value in r.items():
+            if key == "meta":
+                continue
             if key == "notes":
                 out["notes"] = list(dict.fromkeys(out.get("notes", []) + value))
             elif isinstance(value, list):
                 out.setdefault(key, []).extend(value)
             elif key == "parts":
                 out["parts"].update({p: rec for p, rec in value.items() if p in ran or p not in out["parts"]})
-            elif key != "meta" and (key != "roofline" or "roofline" in ran or key not in out):
+            elif key != "roofline" or "roofline" in ran or key not in out:
                 out[key] = value
     return out
 

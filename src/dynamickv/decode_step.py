@@ -14,8 +14,7 @@ weights with
   compute it (:data:`ATTENTIONS`): ``sdpa`` (PyTorch's fused attention; with a mask on CUDA that is
   the memory-efficient kernel, one block per (row, KV head), which at one query token and ~1k slots
   is latency-bound), ``matmul`` (two batched GEMVs, float32 scores, and a softmax that
-  ``torch.compile`` fuses with the mask) and ``flex`` (FlexAttention, whose compiled decode kernel splits the slots over blocks,
-  as flash-decoding does);
+  ``torch.compile`` fuses with the mask) and ``flex`` (FlexAttention's compiled decode kernel);
 * optionally ``torch.compile`` of the per-layer function (as gpt-fast does), which fuses the norms,
   rotary and residual adds; layers share one compiled graph (one recompile when layers differ in
   size, after which the slot dimension is dynamic).
@@ -251,10 +250,16 @@ def _adjacent(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     return view.set_(storage, first.storage_offset(), (rows, *first.shape[1:])).detach()
 
 
+def check_attention(name: str) -> str:
+    """``name`` if it is one of :data:`ATTENTIONS`, else a one-line :class:`InputError`."""
+    if name not in ATTENTIONS:
+        raise InputError(f"unknown decode attention {name!r}; known: {', '.join(ATTENTIONS)}")
+    return name
+
+
 def step_spec(model: torch.nn.Module, attention: str = "sdpa") -> StepSpec:
     """The constants every layer's step shares; raises for models the functional step does not know."""
-    if attention not in ATTENTIONS:
-        raise InputError(f"unknown decode attention {attention!r}; known: {', '.join(ATTENTIONS)}")
+    check_attention(attention)
     config = model.config.get_text_config()
     if config.model_type not in FUSED_MODEL_TYPES:
         raise UnsupportedModelError(

@@ -32,13 +32,23 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .cache import cache_kwarg, output_cache
-from .decode_step import ATTENTIONS, FusedStep, grouped_attention, write_slot
+from .decode_step import FusedStep, check_attention, grouped_attention, write_slot
 from .errors import InputError, UnsupportedModelError
 from .sliding import check_static_window
 
 _ALIGN = 16
 #: How a decode step is computed (see :class:`BatchDecoder`).
 MODES = ("auto", "plain", "functional", "fused", "compiled")
+
+
+def parse_mode(spec: str) -> tuple[str, str]:
+    """``"compiled:matmul"`` -> ``("compiled", "matmul")``: a decode mode (:data:`MODES`), optionally
+    with the functional step's attention kernel after a colon (default ``"sdpa"``); a one-line
+    :class:`InputError` for an unknown part."""
+    mode, _, attention = spec.partition(":")
+    if mode not in MODES:
+        raise InputError(f"unknown decode mode {mode!r}; known: {', '.join(MODES)}")
+    return mode, check_attention(attention or "sdpa")
 
 
 def _round_up(n: int, m: int = _ALIGN) -> int:
@@ -127,8 +137,7 @@ class BatchDecoder:
             raise InputError("rows and max_new_tokens must be at least 1")
         if mode not in MODES:
             raise InputError(f"unknown decode mode {mode!r}; known: {', '.join(MODES)}")
-        if attention not in ATTENTIONS:
-            raise InputError(f"unknown decode attention {attention!r}; known: {', '.join(ATTENTIONS)}")
+        check_attention(attention)
         self.model = model
         config = model.config.get_text_config()
         n_layers = config.num_hidden_layers
@@ -163,6 +172,8 @@ class BatchDecoder:
             )
         self.mode = mode
         self.attention = attention if self.step_fn is not None else "sdpa"
+        #: ``mode`` as :func:`parse_mode` reads it (``"fused"``, ``"compiled:matmul"``)
+        self.label = mode if self.attention == "sdpa" else f"{mode}:{self.attention}"
         self.fused = self.step_fn is not None
         dev = self.device
         self.tok = torch.zeros(rows, dtype=torch.long, device=dev)
