@@ -212,3 +212,28 @@ def test_compiled_steps_give_each_request_its_own_answer(attention):
     decoder.run()
     for row, ref in enumerate(refs):
         assert torch.equal(decoder.pop(row), ref)
+
+
+def test_matmul_attention_keeps_float32_probabilities_in_bf16():
+    """The ``matmul`` kernel's bf16 path weights the values by float32 probabilities (split into two
+    bf16 parts): against float32 attention on the same bf16 inputs it is as close as the output's own
+    rounding allows, and closer than weighting by probabilities rounded to bf16."""
+    from dynamickv.decode_step import matmul_attention
+
+    g = torch.Generator().manual_seed(5)
+    b, heads, kv_heads, slots, d = 2, 8, 2, 700, 64
+    q = torch.randn(b, heads, 1, d, generator=g).bfloat16()
+    k = (torch.randn(b, kv_heads, slots, d, generator=g) * 2).bfloat16()
+    v = torch.randn(b, kv_heads, slots, d, generator=g).bfloat16()
+    mask = torch.zeros(b, kv_heads, 1, slots)
+    mask[..., 500:] = torch.finfo(torch.float32).min  # holes, as the decoder's slot mask makes them
+    grouped = q.float().reshape(b, kv_heads, heads // kv_heads, d)
+    probs = ((grouped @ k.float().transpose(-1, -2)) * d**-0.5 + mask).softmax(-1)
+    exact = (probs @ v.float()).reshape(b, heads, 1, d)
+    rounded = (probs.bfloat16().float() @ v.float()).reshape(b, heads, 1, d)
+
+    out = matmul_attention(q, k, v, mask.bfloat16(), d**-0.5)
+    assert out.dtype == torch.bfloat16
+    err = (out.float() - exact).abs()
+    assert torch.equal(out, exact.bfloat16()) or err.max() <= (exact.abs().max() * 2**-8)
+    assert (out.float() - exact).abs().mean() < (rounded.bfloat16().float() - exact).abs().mean()

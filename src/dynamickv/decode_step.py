@@ -119,7 +119,7 @@ def matmul_attention(
     query token beats SDPA's masked kernel (one block per (row, KV head) walking every slot). The
     scores stay in float32, as inside SDPA's kernels (on CUDA a bf16 GEMM with a float32 output):
     rounded to bf16 they part from a float32 decode more often than the plain path does
-    (``benchmarks/decode_agreement.py``)."""
+    (``benchmarks/decode_agreement.py``); so do the probabilities (:func:`_weighted_values`)."""
     b, heads, _, d = query.shape
     kv_heads, slots = keys.shape[1], keys.shape[2]
     grouped = query.reshape(b * kv_heads, heads // kv_heads, d)
@@ -128,8 +128,31 @@ def matmul_attention(
         scores = torch.bmm(grouped, flat_keys, out_dtype=torch.float32)
     else:
         scores = torch.bmm(grouped.float(), flat_keys.float())
-    scores = scores.view(b, kv_heads, -1, slots) * scaling + mask.float()
-    return torch.matmul(scores.softmax(-1).to(values.dtype), values).reshape(b, heads, 1, d)
+    probs = (scores.view(b, kv_heads, -1, slots) * scaling + mask.float()).softmax(-1)
+    return _weighted_values(probs, values).reshape(b, heads, 1, d)
+
+
+def _weighted_values(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``probs @ values`` with float32 probabilities, in ``values``' dtype.
+
+    Why not round ``probs`` to bf16 first: that drops their bits below 2^-8 of each weight, and a
+    decode doing so parts from a float32 decode more often than the plain path does
+    (``benchmarks/decode_agreement.py``). Instead each weight is split into a bf16 part and the bf16
+    rounding of its remainder (16 significant bits together), and both go through one GEMM as extra
+    query rows, accumulated in float32: the values are read once, as in a bf16 GEMM, so a
+    memory-bound decode pays almost nothing for it."""
+    b, kv_heads, group, slots = probs.shape
+    if values.dtype == torch.float32:
+        return torch.matmul(probs, values)
+    hi = probs.to(values.dtype)
+    lo = (probs - hi.float()).to(values.dtype)
+    both = torch.cat([hi, lo], dim=2).reshape(b * kv_heads, 2 * group, slots)
+    flat_values = values.reshape(b * kv_heads, slots, -1)
+    if values.is_cuda and _BMM_OUT_DTYPE:
+        out = torch.bmm(both, flat_values, out_dtype=torch.float32)
+    else:
+        out = torch.bmm(both.float(), flat_values.float())
+    return (out[:, :group] + out[:, group:]).to(values.dtype).view(b, kv_heads, group, -1)
 
 
 #: ``torch.bmm(..., out_dtype=)`` (bf16 inputs, float32 output; CUDA), in recent PyTorch.
@@ -172,6 +195,7 @@ def _project(h: torch.Tensor, weight, bias, sizes: tuple[int, ...]) -> tuple[tor
 def layer_step(
     spec: StepSpec,
     x: torch.Tensor,
+    delta: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     keys: torch.Tensor,
@@ -181,16 +205,22 @@ def layer_step(
     rows: torch.Tensor,
     heads: torch.Tensor,
     weights: tuple,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One decoder layer for one new token per row; writes its K/V at ``slot`` and unmasks it.
 
-    ``x`` ``[b, 1, hidden]``; ``keys``/``values`` ``[b, kv_heads, slots, d]``; ``mask``
+    The residual stream is ``x + delta``: the previous layer's MLP output ``delta`` is added here,
+    not at the end of that layer, so that (compiled) the add shares a kernel with this layer's first
+    norm, one kernel less per layer; the same bf16 add as the plain path's. Returns the stream after
+    attention and this layer's MLP output, the next ``(x, delta)``.
+
+    ``x``, ``delta`` ``[b, 1, hidden]``; ``keys``/``values`` ``[b, kv_heads, slots, d]``; ``mask``
     ``[b, kv_heads, slots]`` additive; ``slot`` ``[b]``; ``rows``/``heads`` index helpers
     (``[b, 1]`` and ``[1, kv_heads]`` aranges); ``weights`` a :meth:`LayerWeights.as_tuple`.
     """
     ln1, qkv_w, qkv_b, q_norm, k_norm, o_w, o_b, ln2, gu_w, gu_b, down_w, down_b = weights
     b = x.shape[0]
     d, hq, hkv = spec.head_dim, spec.heads, spec.kv_heads
+    x = x + delta
     h = rms_norm(x, ln1, spec.eps)
     q, k, v = _project(h, qkv_w, qkv_b, (hq * d, hkv * d, hkv * d))
     q, k, v = q.view(b, 1, hq, d), k.view(b, 1, hkv, d), v.view(b, 1, hkv, d)
@@ -205,7 +235,7 @@ def layer_step(
     h = rms_norm(x, ln2, spec.eps)
     half = down_w.shape[1]
     gate, up = _project(h, gu_w, gu_b, (half, half))
-    return x + F.linear(_ACTIVATIONS[spec.act](gate) * up, down_w, down_b)
+    return x, F.linear(_ACTIVATIONS[spec.act](gate) * up, down_w, down_b)
 
 
 def _fuse(modules: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -370,9 +400,10 @@ class FusedStep:
         ``(keys, values, mask)`` per layer."""
         x = self.embed(tokens.view(-1, 1))
         cos, sin = self.rotary(x, positions.view(-1, 1))
+        delta = torch.zeros_like(x)
         for w, (k, v, m) in zip(self.weights, buffers, strict=True):
-            x = self.layer_fn(x, cos, sin, k, v, m, slot, rows, heads, w)
-        x = rms_norm(x, self.norm_w, self.norm_eps)
+            x, delta = self.layer_fn(x, delta, cos, sin, k, v, m, slot, rows, heads, w)
+        x = rms_norm(x + delta, self.norm_w, self.norm_eps)
         return F.linear(x[:, -1], self.head_w, self.head_b)
 
 
