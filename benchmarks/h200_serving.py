@@ -65,8 +65,17 @@ ESTIMATES = {
     "kvpress": 80,
     "long_512k": 175,
 }
-MODES = ["plain", "functional", "fused", "compiled", "fused:matmul", "compiled:matmul", "compiled:flex"]
-PROFILED = ["plain", "fused", "compiled", "compiled:matmul", "compiled:flex"]
+MODES = [
+    "plain",
+    "functional",
+    "fused",
+    "compiled",
+    "fused:matmul",
+    "compiled:matmul",
+    "compiled:flex",
+    "compiled:splitkv",
+]
+PROFILED = ["plain", "fused", "compiled", "compiled:matmul", "compiled:flex", "compiled:splitkv"]
 
 
 class Run:

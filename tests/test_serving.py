@@ -8,6 +8,8 @@ head-adaptive layer implements) decodes as if the holes were dropped.
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -22,6 +24,10 @@ from tiny import one_thread, tiny_model
 single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 LENGTHS = (150, 230, 310)
+#: The ``splitkv`` attention needs Triton (in CI, its CPU interpreter; see conftest.py).
+needs_triton = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="Triton is not installed"
+)
 
 
 def _prompts(lengths=LENGTHS, seed=11):
@@ -57,6 +63,8 @@ def _prefill(model, ids, method, budget):
         ("qwen3", "plain"),
         ("llama", "fused:matmul"),
         ("qwen3", "fused:flex"),
+        pytest.param("llama", "fused:splitkv", marks=needs_triton),
+        pytest.param("qwen3", "fused:splitkv", marks=needs_triton),
     ],
 )
 def test_batched_rows_equal_each_request_alone(family, mode):
@@ -146,7 +154,10 @@ def _greedy(model, cache, first, steps):
     return torch.tensor(tokens)
 
 
-@pytest.mark.parametrize("mode", ["plain", "fused", "fused:matmul", "fused:flex"])
+@pytest.mark.parametrize(
+    "mode",
+    ["plain", "fused", "fused:matmul", "fused:flex", pytest.param("fused:splitkv", marks=needs_triton)],
+)
 def test_per_head_holes_decode_as_if_dropped(mode):
     model = tiny_model("llama")
     cache, first, _ = _prefill(model, _prompts((200,))[0], "snapkv", 40)
@@ -194,11 +205,13 @@ def test_rows_grow_for_a_larger_request_and_errors_are_clear():
         decoder.add(big, first_b, max_new_tokens=7)
     with pytest.raises(InputError, match="unknown decode mode"):
         BatchDecoder(model, rows=1, max_new_tokens=2, mode="turbo")
-    with pytest.raises(InputError, match="unknown decode attention 'flash'; known: sdpa, matmul, flex"):
+    with pytest.raises(
+        InputError, match="unknown decode attention 'flash'; known: sdpa, matmul, flex, splitkv"
+    ):
         BatchDecoder(model, rows=1, max_new_tokens=2, mode="fused", attention="flash")
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "matmul", "flex"])
+@pytest.mark.parametrize("attention", ["sdpa", "matmul", "flex", pytest.param("splitkv", marks=needs_triton)])
 def test_compiled_steps_give_each_request_its_own_answer(attention):
     """``torch.compile`` of the step (each attention kernel) keeps greedy tokens equal to decoding
     each request alone, with ragged per-layer counts and rows of different lengths."""
@@ -237,3 +250,50 @@ def test_matmul_attention_keeps_float32_probabilities_in_bf16():
     err = (out.float() - exact).abs()
     assert torch.equal(out, exact.bfloat16()) or err.max() <= (exact.abs().max() * 2**-8)
     assert (out.float() - exact).abs().mean() < (rounded.bfloat16().float() - exact).abs().mean()
+
+
+@needs_triton
+@pytest.mark.parametrize("programs", [256, 1], ids=["chunks", "one-chunk"])
+@pytest.mark.parametrize("group,head_dim,slots", [(4, 64, 700), (1, 80, 130), (7, 32, 64)])
+def test_splitkv_attention_is_float32_attention_of_the_bf16_cache(
+    group, head_dim, slots, programs, monkeypatch
+):
+    """The Triton split-KV kernel against float32 attention of the same bf16 values: with holes, a
+    row whose only visible slot is the last, chunks with nothing visible, a head size that is not a
+    power of two and group sizes from 1 to 7. Computed in float32 it equals float32 attention to
+    float32 accuracy (the softmax weights are never rounded); from bf16 buffers it differs only by
+    the output's rounding to bf16 (one unit in the last place: the CPU interpreter truncates).
+    ``one-chunk``: each program walks all its row's slots (large batches), not one tile of them."""
+    from dynamickv import splitkv
+
+    monkeypatch.setattr(splitkv, "TARGET_PROGRAMS", programs)
+    splitkv_attention = splitkv.splitkv_attention
+
+    g = torch.Generator().manual_seed(slots)
+    b, kv_heads = 2, 2
+    q = torch.randn(b, kv_heads * group, 1, head_dim, generator=g).bfloat16()
+    k = (torch.randn(b, kv_heads, slots, head_dim, generator=g) * 2).bfloat16()
+    v = torch.randn(b, kv_heads, slots, head_dim, generator=g).bfloat16()
+    low = torch.finfo(torch.bfloat16).min
+    mask = torch.zeros(b, kv_heads, 1, slots)
+    mask[..., slots // 3 : slots // 3 + 40] = low
+    mask[0, 1, 0, :] = low
+    mask[0, 1, 0, slots - 1] = 0.0  # only the last slot is visible
+    scores = q.float().view(b, kv_heads, group, head_dim) @ k.float().transpose(-1, -2)
+    exact = ((scores * 0.1 + mask).softmax(-1) @ v.float()).reshape(b, kv_heads * group, 1, head_dim)
+
+    out32 = splitkv_attention(q.float(), k.float(), v.float(), mask, 0.1)
+    torch.testing.assert_close(out32, exact, rtol=1e-5, atol=1e-6)
+    out = splitkv_attention(q, k, v, mask.bfloat16(), 0.1)
+    assert out.dtype == torch.bfloat16 and out.shape == exact.shape
+    assert ((out.float() - exact).abs() <= exact.abs() * 2**-7 + 1e-6).all()
+    assert torch.equal(out[0, group : 2 * group], v[0, 1, -1].expand(group, 1, -1))
+
+
+def test_splitkv_needs_triton_on_a_gpu(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    model = tiny_model("llama")
+    with pytest.raises(
+        InputError, match=r"decode attention 'splitkv' cannot run here: .*; use sdpa or matmul"
+    ):
+        BatchDecoder(model, rows=1, max_new_tokens=2, mode="fused", attention="splitkv")

@@ -23,7 +23,7 @@ from .decode_step import layer_weights
 from .serving import BatchDecoder, parse_mode
 
 _KINDS = (  # attention first: memory-efficient attention's kernels are named fmha_cutlass...
-    ("attention", ("attention", "fmha", "flash", "cudnn", "sdpa", "softmax")),
+    ("attention", ("attention", "fmha", "flash", "cudnn", "sdpa", "softmax", "splitkv")),
     ("gemm", ("gemm", "gemv", "cutlass", "xmma", "splitk", "sm90_", "sm100_", "cublas", "nvjet")),
     ("norm/rotary/elementwise (fused)", ("triton",)),
     ("copy/index", ("copy", "index", "scatter", "cat", "gather", "fill")),

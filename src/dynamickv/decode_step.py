@@ -14,7 +14,8 @@ weights with
   compute it (:data:`ATTENTIONS`): ``sdpa`` (PyTorch's fused attention; with a mask on CUDA that is
   the memory-efficient kernel, one block per (row, KV head), which at one query token and ~1k slots
   is latency-bound), ``matmul`` (two batched GEMVs, float32 scores, and a softmax that
-  ``torch.compile`` fuses with the mask) and ``flex`` (FlexAttention's compiled decode kernel);
+  ``torch.compile`` fuses with the mask), ``flex`` (FlexAttention's compiled decode kernel) and
+  ``splitkv`` (our Triton split-KV kernel, float32 inside, two launches per layer; CUDA only);
 * optionally ``torch.compile`` of the per-layer function (as gpt-fast does), which fuses the norms,
   rotary and residual adds; layers share one compiled graph (one recompile when layers differ in
   size, after which the slot dimension is dynamic).
@@ -40,7 +41,7 @@ from .errors import InputError, UnsupportedModelError
 
 FUSED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 #: How the decode step computes attention (see the module docstring).
-ATTENTIONS = ("sdpa", "matmul", "flex")
+ATTENTIONS = ("sdpa", "matmul", "flex", "splitkv")
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "swish": F.silu,
@@ -176,7 +177,20 @@ def flex_grouped_attention(
     return flex_attention(query, keys, values, score_mod=add_mask, scale=scaling, enable_gqa=True)
 
 
-_ATTENTION_FNS = {"sdpa": grouped_attention, "matmul": matmul_attention, "flex": flex_grouped_attention}
+def splitkv_grouped_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, scaling: float
+) -> torch.Tensor:
+    """:func:`grouped_attention` as a split-KV Triton kernel (:mod:`dynamickv.splitkv`), float32
+    inside; CUDA (or Triton's CPU interpreter) only. :func:`step_spec` registers the operator."""
+    return torch.ops.dynamickv.splitkv_attention(query, keys, values, mask, scaling)
+
+
+_ATTENTION_FNS = {
+    "sdpa": grouped_attention,
+    "matmul": matmul_attention,
+    "flex": flex_grouped_attention,
+    "splitkv": splitkv_grouped_attention,
+}
 
 
 def write_slot(buffer: torch.Tensor, rows: torch.Tensor, heads: torch.Tensor, slot: torch.Tensor, new):
@@ -195,7 +209,6 @@ def _project(h: torch.Tensor, weight, bias, sizes: tuple[int, ...]) -> tuple[tor
 def layer_step(
     spec: StepSpec,
     x: torch.Tensor,
-    delta: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     keys: torch.Tensor,
@@ -205,22 +218,16 @@ def layer_step(
     rows: torch.Tensor,
     heads: torch.Tensor,
     weights: tuple,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """One decoder layer for one new token per row; writes its K/V at ``slot`` and unmasks it.
 
-    The residual stream is ``x + delta``: the previous layer's MLP output ``delta`` is added here,
-    not at the end of that layer, so that (compiled) the add shares a kernel with this layer's first
-    norm, one kernel less per layer; the same bf16 add as the plain path's. Returns the stream after
-    attention and this layer's MLP output, the next ``(x, delta)``.
-
-    ``x``, ``delta`` ``[b, 1, hidden]``; ``keys``/``values`` ``[b, kv_heads, slots, d]``; ``mask``
+    ``x`` ``[b, 1, hidden]``; ``keys``/``values`` ``[b, kv_heads, slots, d]``; ``mask``
     ``[b, kv_heads, slots]`` additive; ``slot`` ``[b]``; ``rows``/``heads`` index helpers
     (``[b, 1]`` and ``[1, kv_heads]`` aranges); ``weights`` a :meth:`LayerWeights.as_tuple`.
     """
     ln1, qkv_w, qkv_b, q_norm, k_norm, o_w, o_b, ln2, gu_w, gu_b, down_w, down_b = weights
     b = x.shape[0]
     d, hq, hkv = spec.head_dim, spec.heads, spec.kv_heads
-    x = x + delta
     h = rms_norm(x, ln1, spec.eps)
     q, k, v = _project(h, qkv_w, qkv_b, (hq * d, hkv * d, hkv * d))
     q, k, v = q.view(b, 1, hq, d), k.view(b, 1, hkv, d), v.view(b, 1, hkv, d)
@@ -235,7 +242,7 @@ def layer_step(
     h = rms_norm(x, ln2, spec.eps)
     half = down_w.shape[1]
     gate, up = _project(h, gu_w, gu_b, (half, half))
-    return x, F.linear(_ACTIVATIONS[spec.act](gate) * up, down_w, down_b)
+    return x + F.linear(_ACTIVATIONS[spec.act](gate) * up, down_w, down_b)
 
 
 def _fuse(modules: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -297,8 +304,13 @@ def step_spec(model: torch.nn.Module, attention: str = "sdpa") -> StepSpec:
         )
     if config.hidden_act not in _ACTIVATIONS:
         raise UnsupportedModelError(f"the fused decode step does not know activation {config.hidden_act!r}")
-    if len({p.device for p in model.parameters()}) != 1:
+    devices = {p.device for p in model.parameters()}
+    if len(devices) != 1:
         raise UnsupportedModelError("the fused decode step needs the whole model on one device")
+    if attention == "splitkv":
+        from . import splitkv  # imports Triton and registers the operator
+
+        splitkv.check(devices.pop())
     layer0 = model.model.layers[0]
     attn0 = layer0.self_attn
     return StepSpec(
@@ -400,10 +412,9 @@ class FusedStep:
         ``(keys, values, mask)`` per layer."""
         x = self.embed(tokens.view(-1, 1))
         cos, sin = self.rotary(x, positions.view(-1, 1))
-        delta = torch.zeros_like(x)
         for w, (k, v, m) in zip(self.weights, buffers, strict=True):
-            x, delta = self.layer_fn(x, delta, cos, sin, k, v, m, slot, rows, heads, w)
-        x = rms_norm(x + delta, self.norm_w, self.norm_eps)
+            x = self.layer_fn(x, cos, sin, k, v, m, slot, rows, heads, w)
+        x = rms_norm(x, self.norm_w, self.norm_eps)
         return F.linear(x[:, -1], self.head_w, self.head_b)
 
 
