@@ -138,16 +138,17 @@ def _weighted_values(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
 
     Why not round ``probs`` to bf16 first: that drops their bits below 2^-8 of each weight, and a
     decode doing so parts from a float32 decode more often than the plain path does
-    (``benchmarks/decode_agreement.py``). Instead each weight is split into a bf16 part and the bf16
-    rounding of its remainder (16 significant bits together), and both go through one GEMM as extra
-    query rows, accumulated in float32: the values are read once, as in a bf16 GEMM, so a
+    (``benchmarks/decode_agreement.py``). Instead each weight is split into its bf16 truncation and
+    the bf16 rounding of the remainder (16 significant bits together), and both go through one GEMM
+    as extra query rows, accumulated in float32: the values are read once, as in a bf16 GEMM, so a
     memory-bound decode pays almost nothing for it."""
     b, kv_heads, group, slots = probs.shape
     if values.dtype == torch.float32:
         return torch.matmul(probs, values)
-    hi = probs.to(values.dtype)
-    lo = (probs - hi.float()).to(values.dtype)
-    both = torch.cat([hi, lo], dim=2).reshape(b * kv_heads, 2 * group, slots)
+    # the high part by clearing the low 16 bits (a bf16 value, exactly): ``torch.compile`` drops a
+    # round trip through bf16 inside a fused kernel, which would leave the remainder at zero
+    hi = (probs.view(torch.int32) & _HIGH_16_BITS).view(torch.float32)
+    both = torch.cat([hi, probs - hi], dim=2).to(values.dtype).reshape(b * kv_heads, 2 * group, slots)
     flat_values = values.reshape(b * kv_heads, slots, -1)
     if values.is_cuda and _BMM_OUT_DTYPE:
         out = torch.bmm(both, flat_values, out_dtype=torch.float32)
@@ -156,6 +157,8 @@ def _weighted_values(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return (out[:, :group] + out[:, group:]).to(values.dtype).view(b, kv_heads, group, -1)
 
 
+#: The sign, exponent and top 7 mantissa bits of a float32: its value truncated to bf16.
+_HIGH_16_BITS = -65536  # 0xFFFF0000 as an int32
 #: ``torch.bmm(..., out_dtype=)`` (bf16 inputs, float32 output; CUDA), in recent PyTorch.
 _BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")
 
