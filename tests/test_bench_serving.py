@@ -4,6 +4,7 @@ variants, and the summary figures computed from a run's JSON."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -18,8 +19,10 @@ from tiny import one_thread, tiny_model
 single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "dynamickv.cli", *args], capture_output=True, text=True)
+def _cli(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "dynamickv.cli", *args], capture_output=True, text=True, env=env
+    )
 
 
 def test_bench_batch_runs_on_the_tiny_config(tmp_path):
@@ -37,6 +40,26 @@ def test_bench_batch_runs_on_the_tiny_config(tmp_path):
         assert r["rows"] == 3 and r["tokens_per_s"] > 0 and r["ttft_s"] > 0 and "error" not in r
     assert rows[2]["kept_mean"] == 48 and rows[2]["cache_mib_per_request"] < rows[0]["cache_mib_per_request"]
     assert rows[2]["mode"] == "fused:matmul"  # the attention kernel asked for is the one measured
+
+
+@pytest.mark.parametrize("mode", ["functional", "fused:matmul"])
+def test_bench_batch_1_measures_the_decode_mode_asked_for(tmp_path, mode):
+    out = tmp_path / "bench.json"
+    proc = _cli(
+        "bench", "--config", "tiny", "--device", "cpu", "--lengths", "160", "--methods", "snapkv",
+        "--budget", "48", "--steps", "4", "--mode", mode, "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [r for r in json.loads(out.read_text())["rows"] if r["method"] == "snapkv"]
+    assert rows and all(r["decode_static_mode"] == mode for r in rows)
+
+
+def test_bench_splitkv_without_a_gpu_is_one_line(tmp_path):
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    proc = _cli("bench", "--config", "tiny", "--device", "cpu", "--mode", "compiled:splitkv", env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1
+    assert lines[0].startswith("error: decode attention 'splitkv' cannot run here")
 
 
 @pytest.mark.parametrize(

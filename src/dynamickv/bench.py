@@ -102,10 +102,13 @@ def measure(
     graph: bool,
     weights: int,
     eager_steps: int,
+    mode: str = "auto",
 ) -> dict[str, Any]:
-    """One configuration; OOM is recorded, not raised."""
+    """One configuration; OOM is recorded, not raised. ``mode`` is the static decoder's
+    ``mode[:attention]`` (:func:`~dynamickv.serving.parse_mode`)."""
     from .compressor import Compressor
     from .fast import StaticDecoder, chunked_prefill
+    from .serving import parse_mode
 
     row: dict[str, Any] = {"method": method, "budget": budget if method != "fullkv" else None, "tokens": n}
     ids = torch.randint(0, model.config.vocab_size, (1, n), device=device, generator=None)
@@ -159,9 +162,10 @@ def measure(
         if method != "fullkv":
             _reset(device)
             times: list[float] = []
-            decoder = StaticDecoder(model, cache, steps + 1, graph=graph)
+            step, attention = parse_mode(mode)
+            decoder = StaticDecoder(model, cache, steps + 1, graph=graph, mode=step, attention=attention)
             decoder.generate(first[:, 0], steps + 1, timings=times)
-            row["decode_static_mode"] = decoder.decoder.mode
+            row["decode_static_mode"] = decoder.decoder.label
             del decoder
             row["decode_static_ms"] = steady_ms(times, warmup=3)
             row["decode_static_peak_gib"] = peak_gib(device, base)
@@ -185,6 +189,7 @@ def run_bench(
     kvpress_path: str | None = None,
     kvpress_methods: list[str] | None = None,
     out: Path | None = None,
+    mode: str = "auto",
 ) -> dict[str, Any]:
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = build_model(config, device, dtype)
@@ -192,7 +197,19 @@ def run_bench(
     bw = copy_bandwidth(device)
     # warm-up (kernels, cuBLAS, allocator) so the first measured configuration is not penalised
     for method in dict.fromkeys(["fullkv", *methods]):
-        measure(model, method, min(budget, 256), min(4096, max(lengths)), 8, device, chunk, False, weights, 6)
+        measure(
+            model,
+            method,
+            min(budget, 256),
+            min(4096, max(lengths)),
+            8,
+            device,
+            chunk,
+            False,
+            weights,
+            6,
+            mode,
+        )
     rows = []
     for n in lengths:
         for method in methods:
@@ -207,6 +224,7 @@ def run_bench(
                 graph and device.startswith("cuda"),
                 weights,
                 eager_steps=min(steps, 24),
+                mode=mode,
             )
             if "cache_bytes" in row and bw is not None:
                 floor = (weights + row["cache_bytes"]) / bw * 1e3

@@ -34,7 +34,7 @@ def register(app) -> None:
             str,
             typer.Option(
                 help="decode step: auto, plain, functional, fused, compiled; "
-                "optionally :sdpa, :matmul or :flex (attention kernel), e.g. compiled:matmul"
+                "optionally :sdpa, :matmul, :flex or :splitkv (attention kernel), e.g. compiled:matmul"
             ),
         ] = "auto",
     ) -> None:
@@ -52,7 +52,13 @@ def register(app) -> None:
 
         if config not in CONFIGS:
             raise InputError(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
-        parse_mode(mode)  # one line for a bad mode, before the model is built
+        _, attention = parse_mode(mode)  # one line for a bad mode, before the model is built
+        if attention == "splitkv":
+            import torch
+
+            from . import splitkv
+
+            splitkv.check(torch.device(device))
         if steps < 1:
             raise InputError(f"--steps must be at least 1, got {steps}")
         if budget < 1:
@@ -95,4 +101,5 @@ def register(app) -> None:
             kvpress_path or None,
             [m for m in kvpress_methods.split(",") if m],
             out,
+            mode,
         )

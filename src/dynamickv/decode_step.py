@@ -15,7 +15,8 @@ weights with
   the memory-efficient kernel, one block per (row, KV head), which at one query token and ~1k slots
   is latency-bound), ``matmul`` (two batched GEMVs, float32 scores, and a softmax that
   ``torch.compile`` fuses with the mask), ``flex`` (FlexAttention's compiled decode kernel) and
-  ``splitkv`` (our Triton split-KV kernel, float32 inside, two launches per layer; CUDA only);
+  ``splitkv`` (our Triton split-KV kernel, float32 inside, two launches per layer; CUDA only; so
+  far slower than the others, see :mod:`dynamickv.splitkv`);
 * optionally ``torch.compile`` of the per-layer function (as gpt-fast does), which fuses the norms,
   rotary and residual adds; layers share one compiled graph (one recompile when layers differ in
   size, after which the slot dimension is dynamic).
