@@ -70,6 +70,7 @@ def test_bench_splitkv_without_a_gpu_is_one_line(tmp_path):
         (["--batch", "2", "--mode", "compiled:flash"], "unknown decode attention 'flash'"),
         (["--steps", "0"], "--steps must be at least 1"),
         (["--budget", "0"], "--budget must be at least 1"),
+        (["--batch", "4", "--kvpress-path", "/tmp"], "kvpress rows are batch 1"),
     ],
 )
 def test_bench_batch_bad_arguments_one_line(args, message):

@@ -65,6 +65,11 @@ def register(app) -> None:
             raise InputError(f"--budget must be at least 1, got {budget}")
         if batch < 1 or distinct < 1:
             raise InputError("--batch and --distinct must be at least 1")
+        if kvpress_path and (batch > 1 or max_batch):
+            raise InputError(
+                "kvpress rows are batch 1 (its pipeline compresses one context per call): "
+                "drop --kvpress-path, or --batch/--max-batch"
+            )
         try:
             length_list = [int(x) for x in lengths.split(",")]
         except ValueError:
