@@ -28,7 +28,7 @@ from typing import Any
 
 from dynamickv.errors import InputError
 from dynamickv.eval.base import Sample
-from dynamickv.eval.ruler import count_tokens, encode, template_overhead
+from dynamickv.eval.tokenizing import count_tokens, encode, template_overhead
 
 DEFAULT_NEEDLE = (
     "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n"
