@@ -90,6 +90,23 @@ def test_floor_gives_every_layer_its_minimum():
     assert min(k.shape[-1] for k in plain) < min(k.shape[-1] for k in kept)
 
 
+@pytest.mark.parametrize("budget,floor", [(40, 30), (24, 16)])
+def test_floor_in_tokens_binds_where_it_exceeds_the_share_and_budgets_add_up(budget, floor):
+    """``min_tokens``: every layer keeps at least that many non-window tokens (capped at B - w), the
+    larger of it and ``min_ratio`` applies, and the layers still add up to L * B."""
+    obs = make_obs(400, 8, queries=8, seed=4)
+    kept, m = run_method(get_method("dynamickv", min_ratio=0.5, min_tokens=floor), obs, budget)
+    assert min(k.shape[-1] - 8 for k in kept) >= min(floor, budget - 8)
+    assert sum(m.budgets()) == len(kept) * budget
+    share, _ = run_method(get_method("dynamickv", min_ratio=0.5), obs, budget)
+    assert min(k.shape[-1] for k in share) < min(k.shape[-1] for k in kept)  # it binds here
+    # a floor of B - w or more is uniform budgets
+    flat, u = run_method(get_method("dynamickv", min_tokens=10_000), obs, budget)
+    assert u.budgets() == [budget] * len(flat)
+    with pytest.raises(Exception, match="min_tokens must be >= 0"):
+        get_method("dynamickv", min_tokens=-1)
+
+
 def test_head_adaptive_dynamickv_counts_add_up_and_differ_per_head():
     """Layer + head adaptive: each layer's total is DynamicKV's layer budget, split unevenly."""
     obs = make_obs(400, 8, queries=8, seed=6)

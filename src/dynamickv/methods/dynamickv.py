@@ -67,6 +67,10 @@ class DynamicKV(HeadBudgets, Method):
 
     * ``min_ratio``: every layer keeps at least ``min_ratio * base`` tokens; the rest of ``G`` is
       shared as above. The authors' code defines ``radio_min = 0.1`` but never applies it.
+    * ``min_tokens``: the same floor counted in tokens (the larger of the two applies, at most
+      ``base``). Why: a floor in shares of ``B`` shrinks with ``B``, and at small budgets a layer near
+      the floor holds too few pooled spans to keep an answer (``docs/evaluation.md``, the B = 64
+      comparison); a floor in tokens binds only there.
     * ``normalize="sum"``: the allocation counts each (layer, head)'s scores divided by their sum over
       the counted tokens, so a layer whose attention goes mostly to the sink or the window no longer
       loses budget to layers whose attention is merely diffuse.
@@ -83,6 +87,7 @@ class DynamicKV(HeadBudgets, Method):
         update_every: re-allocation interval ``m`` in layers, 4.
         allocation: ``"authors"`` or ``"candidates"`` (see above).
         min_ratio: per-layer floor as a fraction of ``B - w``, 0.
+        min_tokens: per-layer floor in non-window tokens, 0.
         normalize: ``"none"`` or ``"sum"`` (see above).
         sink: leading tokens left out of the allocation's counting, 0.
         rows: in a left-padded batch, ``"shared"`` (the default, the authors' behaviour): one
@@ -107,6 +112,7 @@ class DynamicKV(HeadBudgets, Method):
     update_every: int = 4
     allocation: Allocation = "authors"
     min_ratio: float = 0.0
+    min_tokens: int = 0
     normalize: Normalize = "none"
     sink: int = 0
     rows: Rows = "shared"
@@ -129,6 +135,8 @@ class DynamicKV(HeadBudgets, Method):
             raise BudgetError(f"{self.name}: normalize must be 'none' or 'sum', got {self.normalize!r}")
         if not 0.0 <= self.min_ratio <= 1.0:
             raise BudgetError(f"{self.name}: min_ratio must be in [0, 1], got {self.min_ratio}")
+        if self.min_tokens < 0:
+            raise BudgetError(f"{self.name}: min_tokens must be >= 0, got {self.min_tokens}")
 
     def begin(self, info: PrefillInfo) -> None:
         super().begin(info)
@@ -143,7 +151,7 @@ class DynamicKV(HeadBudgets, Method):
         self._base = info.budget - self.window
         self._uniform = info.n_eff <= info.budget
         self._bs = int(min(self.r_max * self._base, info.n_eff - self.window))
-        self._floor = min(int(self.min_ratio * self._base), self._bs)
+        self._floor = min(max(int(self.min_ratio * self._base), self.min_tokens), self._base, self._bs)
         # per layer, aligned with the layer's cache order: the candidates' selection scores, and the
         # scores the allocation counts (all pooled scores for "authors", the candidates' otherwise)
         self._cand: list[torch.Tensor] = []
