@@ -97,6 +97,7 @@ def test_every_parameter_of_every_method_is_settable_in_a_spec(model):
         "head_floor": "0.3",
         "allocation": "candidates",
         "min_ratio": "0.25",
+        "min_tokens": "16",
         "normalize": "sum",
         "sink": "2",
         "rows": "separate",
