@@ -107,6 +107,19 @@ def test_floor_in_tokens_binds_where_it_exceeds_the_share_and_budgets_add_up(bud
         get_method("dynamickv", min_tokens=-1)
 
 
+@pytest.mark.parametrize("budget", [24, 64])
+def test_a_floor_of_the_whole_base_budget_is_uniform_snapkv(budget):
+    """With ``min_tokens >= B - w`` nothing is left to re-allocate: DynamicKV keeps exactly the tokens
+    uniform SnapKV keeps with the same window, kernel and pooling (so a comparison of the two at a
+    high floor compares budgets, not selection)."""
+    obs = make_obs(400, 8, queries=8, seed=4)
+    spec = {"window": 8, "kernel": 12, "pooling": "forward"}
+    dyn, _ = run_method(get_method("dynamickv", min_tokens=10_000, **spec), obs, budget)
+    snap, _ = run_method(get_method("snapkv", **spec), obs, budget)
+    for d, s in zip(dyn, snap, strict=True):
+        assert torch.equal(d.sort(-1).values, s.sort(-1).values)
+
+
 def test_head_adaptive_dynamickv_counts_add_up_and_differ_per_head():
     """Layer + head adaptive: each layer's total is DynamicKV's layer budget, split unevenly."""
     obs = make_obs(400, 8, queries=8, seed=6)
