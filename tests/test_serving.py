@@ -227,23 +227,38 @@ def test_compiled_steps_give_each_request_its_own_answer(attention):
         assert torch.equal(decoder.pop(row), ref)
 
 
+def _bf16_qkv(seed: int, b: int, kv_heads: int, group: int, slots: int, d: int):
+    """A query token per row and a bf16 cache, as the decoder's buffers hold them."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(b, kv_heads * group, 1, d, generator=g).bfloat16()
+    k = (torch.randn(b, kv_heads, slots, d, generator=g) * 2).bfloat16()
+    v = torch.randn(b, kv_heads, slots, d, generator=g).bfloat16()
+    return q, k, v
+
+
+def _float32_attention(q, k, v, mask, scale: float, round_probs: bool = False):
+    """Reference: attention in float32 of the same values (the weights rounded to bf16 on request)."""
+    b, heads, _, d = q.shape
+    kv_heads = k.shape[1]
+    grouped = q.float().reshape(b, kv_heads, heads // kv_heads, d)
+    probs = ((grouped @ k.float().transpose(-1, -2)) * scale + mask).softmax(-1)
+    if round_probs:
+        probs = probs.bfloat16().float()
+    return (probs @ v.float()).reshape(b, heads, 1, d)
+
+
 def test_matmul_attention_keeps_float32_probabilities_in_bf16():
     """The ``matmul`` kernel's bf16 path weights the values by float32 probabilities (split into two
     bf16 parts): against float32 attention on the same bf16 inputs it is as close as the output's own
     rounding allows, and closer than weighting by probabilities rounded to bf16, compiled too."""
     from dynamickv.decode_step import matmul_attention
 
-    g = torch.Generator().manual_seed(5)
-    b, heads, kv_heads, slots, d = 2, 8, 2, 700, 64
-    q = torch.randn(b, heads, 1, d, generator=g).bfloat16()
-    k = (torch.randn(b, kv_heads, slots, d, generator=g) * 2).bfloat16()
-    v = torch.randn(b, kv_heads, slots, d, generator=g).bfloat16()
+    b, kv_heads, slots, d = 2, 2, 700, 64
+    q, k, v = _bf16_qkv(5, b, kv_heads, 4, slots, d)
     mask = torch.zeros(b, kv_heads, 1, slots)
     mask[..., 500:] = torch.finfo(torch.float32).min  # holes, as the decoder's slot mask makes them
-    grouped = q.float().reshape(b, kv_heads, heads // kv_heads, d)
-    probs = ((grouped @ k.float().transpose(-1, -2)) * d**-0.5 + mask).softmax(-1)
-    exact = (probs @ v.float()).reshape(b, heads, 1, d)
-    rounded = (probs.bfloat16().float() @ v.float()).reshape(b, heads, 1, d)
+    exact = _float32_attention(q, k, v, mask, d**-0.5)
+    rounded = _float32_attention(q, k, v, mask, d**-0.5, round_probs=True)
 
     compiled = torch.compile(matmul_attention, fullgraph=True)  # must not fold the split away
     for fn in (matmul_attention, compiled):
@@ -270,18 +285,14 @@ def test_splitkv_attention_is_float32_attention_of_the_bf16_cache(
     monkeypatch.setattr(splitkv, "TARGET_PROGRAMS", programs)
     splitkv_attention = splitkv.splitkv_attention
 
-    g = torch.Generator().manual_seed(slots)
     b, kv_heads = 2, 2
-    q = torch.randn(b, kv_heads * group, 1, head_dim, generator=g).bfloat16()
-    k = (torch.randn(b, kv_heads, slots, head_dim, generator=g) * 2).bfloat16()
-    v = torch.randn(b, kv_heads, slots, head_dim, generator=g).bfloat16()
+    q, k, v = _bf16_qkv(slots, b, kv_heads, group, slots, head_dim)
     low = torch.finfo(torch.bfloat16).min
     mask = torch.zeros(b, kv_heads, 1, slots)
     mask[..., slots // 3 : slots // 3 + 40] = low
     mask[0, 1, 0, :] = low
     mask[0, 1, 0, slots - 1] = 0.0  # only the last slot is visible
-    scores = q.float().view(b, kv_heads, group, head_dim) @ k.float().transpose(-1, -2)
-    exact = ((scores * 0.1 + mask).softmax(-1) @ v.float()).reshape(b, kv_heads * group, 1, head_dim)
+    exact = _float32_attention(q, k, v, mask, 0.1)
 
     out32 = splitkv_attention(q.float(), k.float(), v.float(), mask, 0.1)
     torch.testing.assert_close(out32, exact, rtol=1e-5, atol=1e-6)

@@ -42,6 +42,7 @@ def register(app) -> None:
 
         With --batch N (N > 1) or --max-batch: batched decode throughput and time to first token."""
         from .bench import run_bench
+        from .decode_step import check_attention
         from .errors import InputError
         from .serving import parse_mode
 
@@ -52,13 +53,8 @@ def register(app) -> None:
 
         if config not in CONFIGS:
             raise InputError(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
-        _, attention = parse_mode(mode)  # one line for a bad mode, before the model is built
-        if attention == "splitkv":
-            import torch
-
-            from . import splitkv
-
-            splitkv.check(torch.device(device))
+        # one line for a bad mode, or a kernel that cannot run on the device, before the model is built
+        check_attention(parse_mode(mode)[1], device)
         if steps < 1:
             raise InputError(f"--steps must be at least 1, got {steps}")
         if budget < 1:

@@ -134,6 +134,10 @@ def matmul_attention(
     return _weighted_values(probs, values).reshape(b, heads, 1, d)
 
 
+#: The sign, exponent and top 7 mantissa bits of a float32: its value truncated to bf16.
+_HIGH_16_BITS = -65536  # 0xFFFF0000 as an int32
+
+
 def _weighted_values(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``probs @ values`` with float32 probabilities, in ``values``' dtype.
 
@@ -158,8 +162,6 @@ def _weighted_values(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     return (out[:, :group] + out[:, group:]).to(values.dtype).view(b, kv_heads, group, -1)
 
 
-#: The sign, exponent and top 7 mantissa bits of a float32: its value truncated to bf16.
-_HIGH_16_BITS = -65536  # 0xFFFF0000 as an int32
 #: ``torch.bmm(..., out_dtype=)`` (bf16 inputs, float32 output; CUDA), in recent PyTorch.
 _BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")
 
@@ -291,16 +293,20 @@ def _adjacent(tensors: list[torch.Tensor]) -> torch.Tensor | None:
     return view.set_(storage, first.storage_offset(), (rows, *first.shape[1:])).detach()
 
 
-def check_attention(name: str) -> str:
-    """``name`` if it is one of :data:`ATTENTIONS`, else a one-line :class:`InputError`."""
+def check_attention(name: str, device: str | torch.device | None = None) -> str:
+    """``name`` if it is one of :data:`ATTENTIONS` (and, given ``device``, can run there), else a
+    one-line :class:`InputError`. Only ``splitkv`` depends on the device (Triton, CUDA)."""
     if name not in ATTENTIONS:
         raise InputError(f"unknown decode attention {name!r}; known: {', '.join(ATTENTIONS)}")
+    if name == "splitkv" and device is not None:
+        from . import splitkv  # imports Triton and registers the operator
+
+        splitkv.check(torch.device(device))
     return name
 
 
 def step_spec(model: torch.nn.Module, attention: str = "sdpa") -> StepSpec:
     """The constants every layer's step shares; raises for models the functional step does not know."""
-    check_attention(attention)
     config = model.config.get_text_config()
     if config.model_type not in FUSED_MODEL_TYPES:
         raise UnsupportedModelError(
@@ -311,10 +317,7 @@ def step_spec(model: torch.nn.Module, attention: str = "sdpa") -> StepSpec:
     devices = {p.device for p in model.parameters()}
     if len(devices) != 1:
         raise UnsupportedModelError("the fused decode step needs the whole model on one device")
-    if attention == "splitkv":
-        from . import splitkv  # imports Triton and registers the operator
-
-        splitkv.check(devices.pop())
+    check_attention(attention, devices.pop())
     layer0 = model.model.layers[0]
     attn0 = layer0.self_attn
     return StepSpec(
