@@ -32,7 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dynamickv.bench_profile import agreement, decode_variants  # noqa: E402
+from dynamickv import bench_tables  # noqa: E402
+from dynamickv.bench_profile import agreement, decode_variants, forced_agreement, forced_logits  # noqa: E402
 from dynamickv.bench_serving import decoder_rate, prefill, release  # noqa: E402
 from dynamickv.models import load_model  # noqa: E402
 from dynamickv.report import needle_prompt  # noqa: E402
@@ -43,6 +44,11 @@ MODES = "plain,functional,fused,compiled,fused:matmul,compiled:matmul,compiled:f
 def summarize(rows: list[dict]) -> dict[str, dict]:
     """Per mode: prompts whose tokens all equal plain's, and the agreeing prefix in total."""
     out: dict[str, dict] = {}
+    plain_picks = {
+        (r["tokens"], r["depth"]): r["forced_picks"]
+        for r in rows
+        if r["mode"] == "plain" and "forced_picks" in r
+    }
     for r in rows:
         s = out.setdefault(r["mode"], {"prompts": 0, "identical": 0, "tokens_agree": 0, "tokens_compared": 0})
         if "error" in r:
@@ -57,6 +63,24 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
                 r["reference_agree"] == r["tokens_compared"]
             )
             s["reference_agree"] = s.get("reference_agree", 0) + r["reference_agree"]
+        if "forced_top1" in r:
+            for k in ("forced_top1", "forced_steps"):
+                s[k] = s.get(k, 0) + r[k]
+            s["forced_err_sum"] = s.get("forced_err_sum", 0.0) + r["forced_err"]
+            s["forced_miss_margin_max"] = max(
+                s.get("forced_miss_margin_max", 0.0), r["forced_miss_margin_max"]
+            )
+            # paired with plain on the same prompt and step: where exactly one of the two picks
+            mine, plain = r["forced_picks"], plain_picks[(r["tokens"], r["depth"])]
+            s["forced_only_plain"] = s.get("forced_only_plain", 0) + sum(
+                p and not m for m, p in zip(mine, plain)
+            )
+            s["forced_only_mode"] = s.get("forced_only_mode", 0) + sum(
+                m and not p for m, p in zip(mine, plain)
+            )
+    for s in out.values():
+        if "forced_err_sum" in s:
+            s["forced_err"] = s.pop("forced_err_sum") / s["prompts"]
     return out
 
 
@@ -88,14 +112,18 @@ def main() -> None:
             context, question, _ = needle_prompt(tok, n, depth=depth, seed=n)
             ids = tok(context + "\n" + question, return_tensors="pt").input_ids.to(args.device)
             req = prefill(model, args.method, args.budget, ids)
-            reference = (
-                decoder_rate(ref_model, [req], 1, args.new - 2, mode="plain")["tokens"] if ref_model else None
-            )
+            reference = fed = ref_logits = None
+            if ref_model is not None:
+                reference = decoder_rate(ref_model, [req], 1, args.new - 2, mode="plain")["tokens"]
+                fed = reference[0, 1:]  # step i is fed the reference's token i + 1
+                ref_logits = forced_logits(ref_model, req, "plain", fed)
             for r in decode_variants(model, req, modes, args.new - 2, keep_tokens=True):
                 row = {"model": args.model, "tokens": ids.shape[1], "depth": depth, "mode": r["mode"]}
                 row.update({k: r[k] for k in ("tokens_agree", "tokens_compared", "error") if k in r})
                 if reference is not None and "tokens" in r:
                     row["reference_agree"] = agreement(r["tokens"], reference)
+                    row.update(forced_agreement(forced_logits(model, req, r["mode"], fed), ref_logits, fed))
+                    row["forced_steps"] = int(fed.numel())
                 rows.append(row)
             del req
             release(args.device)
@@ -119,20 +147,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "agreement.json").write_text(json.dumps(result, indent=1))
-    ref = args.reference or "reference"
-    print(
-        f"| mode | prompts identical to plain | tokens agreeing | prompts identical to {ref} | tokens agreeing |"
-    )
-    print("|---|---|---|---|---|")
-    for mode, s in summary.items():
-        extra = f" ({s['error'][:80]})" if "error" in s else ""
-        cells = [
-            f"{s['identical']}/{s['prompts']}{extra}",
-            f"{s['tokens_agree']}/{s['tokens_compared']}",
-            f"{s.get('reference_identical', '-')}/{s['prompts']}",
-            f"{s.get('reference_agree', '-')}/{s['tokens_compared']}",
-        ]
-        print(f"| {mode} | " + " | ".join(cells) + " |")
+    print(bench_tables.agreement_table(result))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import torch
 
 from dynamickv.bench_profile import decode_variants, gemv_roofline, profile_step
 from dynamickv.bench_serving import prefill, search_max_batch
-from dynamickv.bench_tables import markdown, merge, summary
+from dynamickv.bench_tables import markdown, merge, summary, worse_than_plain_p
 from tiny import one_thread, tiny_model
 
 single_thread = pytest.fixture(scope="module", autouse=True)(one_thread)
@@ -274,3 +274,38 @@ def test_a_mode_that_parts_from_plain_counts_only_if_no_further_from_float32():
     assert summary(merge([run, check(3, 230)]))["decode_static_mode"] == "compiled:matmul"
     assert summary(merge([run, check(1, 230)]))["decode_static_mode"] == "compiled"  # further from float32
     assert summary(merge([run, check(2, 199)]))["decode_static_mode"] == "compiled"
+
+
+def test_fed_the_reference_tokens_a_mode_counts_unless_significantly_worse_than_plain():
+    """Where the check fed every mode the float32 reference's tokens, that decides (free-running
+    agreement counts where chaos starts after a near-tie): logits no further from the reference
+    than plain's, and picks not significantly worse than plain's on the paired steps."""
+    run = _run()
+    run["batch1"].append(_b1("compiled:splitkv", 4.4, agree=9))
+
+    def check(only_plain, only_mode, err):
+        def s(ref_ident, top, e, paired):
+            return {"prompts": 4, "identical": 1, "tokens_agree": 100, "tokens_compared": 256,
+                    "reference_identical": ref_ident, "reference_agree": 150,
+                    "forced_top1": top, "forced_steps": 252, "forced_err": e, **paired}  # fmt: skip
+
+        paired = {"forced_only_plain": only_plain, "forced_only_mode": only_mode}
+        return {
+            "agreement_meta": {"model": "smollm2-135m", "dtype": "bfloat16", "reference": "float32"},
+            "agreement_summary": {
+                "plain": s(3, 240, 0.02, {"forced_only_plain": 0, "forced_only_mode": 0}),
+                "compiled:splitkv": s(1, 240 - only_plain + only_mode, err, paired),
+            },
+        }
+
+    chosen = summary(merge([run, check(6, 3, 0.015)]))  # 3 fewer picks: p = 0.25
+    assert chosen["decode_static_mode"] == "compiled:splitkv"  # fewer free-running prompts identical
+    assert "plain 6, this mode 3: one-sided sign test p = 0.25" in chosen["decode_static_checked_by"]
+    assert summary(merge([run, check(9, 1, 0.015)]))["decode_static_mode"] == "compiled"  # p = 0.011
+    assert summary(merge([run, check(3, 6, 0.021)]))["decode_static_mode"] == "compiled"  # logits further
+
+
+def test_sign_test_p():
+    assert worse_than_plain_p({"forced_only_plain": 0, "forced_only_mode": 0}) == 1.0
+    assert worse_than_plain_p({"forced_only_plain": 2, "forced_only_mode": 0}) == 0.25
+    assert worse_than_plain_p({"forced_only_plain": 9, "forced_only_mode": 1}) == pytest.approx(11 / 1024)

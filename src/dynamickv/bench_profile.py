@@ -144,6 +144,43 @@ def agreement(tokens: torch.Tensor, reference: torch.Tensor) -> int:
     return int(diff[0, 0]) if diff.numel() else int(a.numel())
 
 
+@torch.inference_mode()
+def forced_logits(model, request: dict[str, Any], mode: str, tokens: torch.Tensor) -> torch.Tensor:
+    """Float32 logits ``[steps, vocab]`` of batch-1 steps of ``request`` in ``mode``, fed
+    ``tokens`` (1-D, one per step) instead of its own greedy tokens (uncaptured steps; see
+    :meth:`BatchDecoder.forced_logits`)."""
+    from .bench_serving import fill, prompt_slots
+
+    step, attention = parse_mode(mode)
+    decoder = BatchDecoder(
+        model, 1, tokens.numel() + 2, prompt_slots=prompt_slots([request]), graph=False, mode=step,
+        attention=attention,
+    )  # fmt: skip
+    fill(decoder, [request])
+    logits = decoder.forced_logits(tokens.view(-1, 1))[:, 0]
+    del decoder
+    release(request["first"].device)
+    return logits
+
+
+def forced_agreement(logits: torch.Tensor, reference: torch.Tensor, tokens: torch.Tensor) -> dict[str, Any]:
+    """How close ``logits`` are to the ``reference`` ones along the same fed ``tokens`` (the
+    reference's own greedy choices): the steps whose greedy choice is the fed token (and which ones,
+    ``forced_picks``), the mean relative L2 distance of the logits, and the largest margin between
+    the reference's two best logits at a step where the choice differs (0 if none): a small one
+    means the steps it misses are near-ties."""
+    picks = logits.argmax(-1).cpu() == tokens.cpu()
+    err = (logits - reference).norm(dim=-1) / reference.norm(dim=-1)
+    top2 = reference.topk(2, dim=-1).values.cpu()
+    margins = (top2[:, 0] - top2[:, 1])[~picks]
+    return {
+        "forced_top1": int(picks.sum()),
+        "forced_picks": picks.tolist(),
+        "forced_err": float(err.mean()),
+        "forced_miss_margin_max": float(margins.max()) if margins.numel() else 0.0,
+    }
+
+
 def decode_variants(
     model,
     request: dict[str, Any],

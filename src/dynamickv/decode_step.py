@@ -15,11 +15,12 @@ weights with
   the memory-efficient kernel, one block per (row, KV head), which at one query token and ~1k slots
   is latency-bound), ``matmul`` (two batched GEMVs, float32 scores, and a softmax that
   ``torch.compile`` fuses with the mask), ``flex`` (FlexAttention's compiled decode kernel) and
-  ``splitkv`` (our Triton split-KV kernel, float32 inside, two launches per layer; CUDA only; so
-  far slower than the others, see :mod:`dynamickv.splitkv`);
+  ``splitkv`` (our Triton split-KV kernel: tensor-core dots, float32 scores and weights, two
+  launches per layer; CUDA only; the fastest on the H200, see :mod:`dynamickv.splitkv`);
 * optionally ``torch.compile`` of the per-layer function (as gpt-fast does), which fuses the norms,
   rotary and residual adds; layers share one compiled graph (one recompile when layers differ in
-  size, after which the slot dimension is dynamic).
+  size, after which the slot dimension is dynamic), and each step keeps its own graphs
+  (:func:`compiled_layer_step`).
 
 The arithmetic follows the ``transformers`` modules op for op (same RMSNorm, the family's own
 ``apply_rotary_pos_emb``), so greedy tokens equal the plain path's; the tests check that on CPU.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import types
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -251,6 +253,32 @@ def layer_step(
     return x + F.linear(_ACTIVATIONS[spec.act](gate) * up, down_w, down_b)
 
 
+def compiled_layer_step(spec: StepSpec) -> Callable[..., torch.Tensor]:
+    """:func:`layer_step` for ``spec``, ``torch.compile``-d with graphs of its own.
+
+    Why not ``torch.compile(functools.partial(layer_step, spec))``: Dynamo keeps compiled graphs per
+    *code object*, at most ``recompile_limit`` (8) of them, and runs the function uncompiled, with
+    one warning, past that. Every compiled partial runs through the same wrapper code, so a process
+    that compiles a few steps (attention kernels, models, batch sizes: the decode benchmarks do)
+    silently decoded its later ones uncompiled (on the H200, ``compiled:splitkv`` measured 8.6 ms
+    per token instead of about 5). Here each step gets a fresh copy of its code object, so its
+    graphs (one, then one with a dynamic slot dimension) have their own count, and going past the
+    limit raises instead of falling back.
+    """
+
+    def step(*args):
+        return layer_step(spec, *args)
+
+    own = types.FunctionType(step.__code__.replace(), step.__globals__, "layer_step", None, step.__closure__)
+    compiled = torch.compile(own, fullgraph=True)
+
+    def run(*args):
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            return compiled(*args)
+
+    return run
+
+
 def _fuse(modules: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One weight (and bias) for ``modules``' outputs in order; see :func:`layer_weights`."""
     weight = _fused_param(modules, "weight")
@@ -400,7 +428,7 @@ class FusedStep:
         head = model.get_output_embeddings()
         self.head_w, self.head_b = head.weight, head.bias
         fn = functools.partial(layer_step, self.spec)
-        self.layer_fn = torch.compile(fn, fullgraph=True) if compile else fn
+        self.layer_fn = compiled_layer_step(self.spec) if compile else fn
 
     @classmethod
     def for_model(

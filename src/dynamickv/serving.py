@@ -335,7 +335,10 @@ class BatchDecoder:
 
     def _body(self) -> None:
         """One step for every row; all state stays on the device (no host work)."""
-        nxt = self._logits().argmax(-1).to(self.device)
+        self._advance(self._logits().argmax(-1).to(self.device))
+
+    def _advance(self, nxt: torch.Tensor) -> None:
+        """Record ``nxt`` as every row's next token and move the rows on."""
         self.out.scatter_(1, (self.gen + 1).view(-1, 1), nxt.view(-1, 1))
         gen = self.gen + self.active
         done = self.active & (self._is_eos(nxt) | (gen >= self.limit))
@@ -343,6 +346,12 @@ class BatchDecoder:
         self.active.logical_and_(~done)
         self.tok.copy_(nxt)
         torch.add(self.seen, gen, out=self.pos)
+
+    def _copy_slot_index(self) -> None:
+        """Uncaptured steps: the slot index of the layers on other devices follows ``gen``."""
+        for device, (slot, _, _) in self._index_cache.items():
+            if device != self.device:
+                slot.copy_(self.gen)
 
     def _state(self) -> list[torch.Tensor]:
         return [self.tok, self.gen, self.active, self.pos]
@@ -396,12 +405,27 @@ class BatchDecoder:
                     self.graph.replay()
                 else:
                     self._body()
-                    for device, (slot, _, _) in self._index_cache.items():
-                        if device != self.device:
-                            slot.copy_(self.gen)
+                    self._copy_slot_index()
                 if timings is not None:
                     _sync(self.device)
                     timings.append(time.perf_counter() - t0)
+
+    @torch.inference_mode()
+    def forced_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The float32 logits ``[steps, rows, vocab]`` of ``steps`` uncaptured steps in which each
+        row is fed ``tokens[i]`` (``[steps, rows]``) instead of its own greedy token.
+
+        Why: two kernels that round differently part ways at a near-tie and then decode different
+        texts, so comparing greedy outputs counts chaos as much as precision. Fed the same tokens,
+        every step of every mode sees the same history and its logits can be compared directly
+        (``benchmarks/decode_agreement.py``)."""
+        steps = []
+        with self._plain_attention():
+            for nxt in tokens.to(self.device):
+                steps.append(self._logits().float())
+                self._advance(nxt)
+                self._copy_slot_index()
+        return torch.stack(steps)
 
     def run(self, sync_every: int = 8) -> None:
         """Decode until no row is running, looking every ``sync_every`` steps."""

@@ -7,12 +7,13 @@ kernel). Here the slots of each (row, KV head) are cut into chunks, one program 
 programs to fill the GPU), and a second small kernel merges the chunks' partial softmaxes
 (flash-decoding). Two launches per layer.
 
-Precision, and why it matters: K, V and the query are read in their dtype and computed on in
-float32 (a bf16 x bf16 product is exact in float32, so the scores are those of every fused
-attention), and the softmax weights stay float32 when they multiply the values, where flash kernels
-round them to bf16. A float32 dot costs nothing that shows here: each program multiplies a few
-16 x 128 tiles. ``benchmarks/decode_agreement.py`` checks the
-result against a float32 decode of the same cache on a real model.
+Precision, and why it matters: the scores are bf16 x bf16 tensor-core dots accumulated in
+float32 (each product is exact in float32, so the scores are those of every fused attention), and
+the softmax weights stay float32 when they weight the values, where flash kernels round them to
+bf16: each weight is split into a bf16 high part and the bf16 rounding of its remainder (16
+significant bits together), two tensor-core dots with the values. float32 inputs use float32 dots
+throughout. ``benchmarks/decode_agreement.py`` checks the result against a float32 decode of the
+same cache on a real model.
 
 Layout: the query heads of one KV head are ``g`` rows of one tile (padded to 16 for ``tl.dot``),
 so K and V are read once per KV head, never repeated per query head. The mask is the decoder's
@@ -20,10 +21,10 @@ additive ``[b, kv_heads, slots]`` slot mask (0 or a large negative number).
 
 Runs where Triton runs: CUDA, or the CPU under ``TRITON_INTERPRET=1`` (the tests).
 
-Measured (one H200, Llama-3.1-8B shape, batch 1, 128k tokens at B = 1024, docs/benchmarks.md): correct,
-but *slower* than the other kernels, 8.58 ms per token compiled against 5.47 ms with ``sdpa`` and
-4.95 ms with ``matmul``; the float32 dots run on CUDA cores, not tensor cores, which is the first
-suspect. Use it to check the others' precision, not for speed.
+Measured (one H200, Llama-3.1-8B shape, batch 1, 128k tokens at B = 1024, docs/benchmarks.md,
+2026-11-29): 4.93 ms per token compiled (1.28x the bandwidth floor), against 5.06 ms with
+``matmul`` and 5.52 ms with ``sdpa``; its two launches take 0.36 ms of the step. A first version
+with float32 ``tl.dot`` (CUDA cores) spent 3.3 ms per step in the partial kernel.
 """
 
 from __future__ import annotations
@@ -62,19 +63,35 @@ def check(device: torch.device) -> None:
 if triton is not None:
 
     @triton.jit
+    def _dot(a, b, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+        """``a @ b`` accumulated in float32: float32 dots for float32 inputs; tensor cores for
+        bf16/fp16 ones, or, under the CPU interpreter (whose half-precision dots are wrong), the
+        same products in float32 (a bf16 x bf16 product is exact in float32)."""
+        if IEEE:
+            return tl.dot(a, b, input_precision="ieee")
+        if UPCAST:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a, b)
+
+    @triton.jit
     def _splitkv_partial_kernel(
         q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, max_ptr, sum_ptr,
         scale, slots, chunk, group, D,
         G_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr, SPLITS: tl.constexpr,
+        IEEE: tl.constexpr, UPCAST: tl.constexpr,
     ):  # fmt: skip
-        """One (row x KV head, chunk): partial softmax-weighted values of its slots."""
+        """One (row x KV head, chunk): partial softmax-weighted values of its slots.
+
+        bf16/fp16 inputs: tensor-core dots with float32 accumulation (each product exact), the
+        float32 weights split into a bf16 high and a bf16 low part for the values. float32 inputs
+        (``IEEE``): float32 dots throughout."""
         bh = tl.program_id(0)
         split = tl.program_id(1)
         rows = tl.arange(0, G_PAD)
         dims = tl.arange(0, D_PAD)
         real = dims < D
         q_at = q_ptr + bh * group * D + rows[:, None] * D + dims[None, :]
-        q = tl.load(q_at, mask=(rows[:, None] < group) & real[None, :], other=0.0).to(tl.float32)
+        q = tl.load(q_at, mask=(rows[:, None] < group) & real[None, :], other=0.0)
         m_i = tl.full([G_PAD], -1.0e30, tl.float32)
         l_i = tl.zeros([G_PAD], tl.float32)
         acc = tl.zeros([G_PAD, D_PAD], tl.float32)
@@ -84,15 +101,21 @@ if triton is not None:
             offs = lo + tl.arange(0, BLOCK)
             inside = offs < end
             kv_off = bh * slots * D + offs[:, None] * D + dims[None, :]
-            k = tl.load(k_ptr + kv_off, mask=inside[:, None] & real[None, :], other=0.0).to(tl.float32)
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+            k = tl.load(k_ptr + kv_off, mask=inside[:, None] & real[None, :], other=0.0)
+            s = _dot(q, tl.trans(k), IEEE, UPCAST)
             bias = tl.load(mask_ptr + bh * slots + offs, mask=inside, other=float("-inf")).to(tl.float32)
-            s = s + bias[None, :]
+            s = s * scale + bias[None, :]
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new[:, None])
-            v = tl.load(v_ptr + kv_off, mask=inside[:, None] & real[None, :], other=0.0).to(tl.float32)
-            acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+            v = tl.load(v_ptr + kv_off, mask=inside[:, None] & real[None, :], other=0.0)
+            if IEEE:
+                pv = _dot(p, v, IEEE, UPCAST)
+            else:
+                p_hi = p.to(v.dtype)
+                p_lo = (p - p_hi.to(tl.float32)).to(v.dtype)
+                pv = _dot(p_hi, v, IEEE, UPCAST) + _dot(p_lo, v, IEEE, UPCAST)
+            acc = acc * alpha[:, None] + pv
             l_i = l_i * alpha + tl.sum(p, 1)
             m_i = m_new
         part = bh * SPLITS + split
@@ -156,6 +179,7 @@ def splitkv_attention(
     _splitkv_partial_kernel[(b * kv_heads, splits)](
         q, k, v, bias, parts, maxes, sums, scaling, slots, chunk, group, d,
         G_PAD=g_pad, D_PAD=d_pad, BLOCK=BLOCK_SLOTS, SPLITS=splits,
+        IEEE=query.dtype == torch.float32, UPCAST=os.environ.get("TRITON_INTERPRET") == "1",
     )  # fmt: skip
     out = torch.empty(b * kv_heads, group, d, device=q.device, dtype=query.dtype)
     _splitkv_merge_kernel[(b * kv_heads,)](
