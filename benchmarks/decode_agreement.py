@@ -123,7 +123,6 @@ def main() -> None:
                 if reference is not None and "tokens" in r:
                     row["reference_agree"] = agreement(r["tokens"], reference)
                     row.update(forced_agreement(forced_logits(model, req, r["mode"], fed), ref_logits, fed))
-                    row["forced_steps"] = int(fed.numel())
                 rows.append(row)
             del req
             release(args.device)

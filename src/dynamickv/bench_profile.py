@@ -18,9 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .bench_serving import GIB, decoder_rate, release, sync
+from .bench_serving import GIB, decoder_rate, filled_decoder, release, sync
 from .decode_step import layer_weights
-from .serving import BatchDecoder, parse_mode
 
 _KINDS = (  # attention first: memory-efficient attention's kernels are named fmha_cutlass...
     ("attention", ("attention", "fmha", "flash", "cudnn", "sdpa", "softmax", "splitkv")),
@@ -93,22 +92,10 @@ def profile_step(model, request: dict[str, Any], mode: str, steps: int = 3) -> d
     kind, and the ten most expensive; then the same steps replayed from a CUDA graph (``graph_*``:
     the kernels the profiler sees inside the replays, if it does, and the wall time per replay).
     Kernel time summed against wall time per step shows what is latency between kernels."""
-    from .bench_serving import _Layers, _layers, prompt_slots
-
     device = request["first"].device
     out: dict[str, Any] = {"mode": mode}
-    step, attention = parse_mode(mode)
     for graph in (False, True) if device.type == "cuda" else (False,):
-        decoder = BatchDecoder(
-            model,
-            1,
-            2 * steps + 4,
-            prompt_slots=prompt_slots([request]),
-            graph=graph,
-            mode=step,
-            attention=attention,
-        )
-        decoder.add(_Layers(_layers(request)), request["first"])
+        decoder = filled_decoder(model, [request], 1, 2 * steps + 4, mode, graph=graph)
         decoder.decode(2)  # warm-up, capture (compiled mode compiles here)
         kernels, wall = _kernels(lambda d=decoder: d.decode(steps), steps, device)
         del decoder
@@ -149,14 +136,7 @@ def forced_logits(model, request: dict[str, Any], mode: str, tokens: torch.Tenso
     """Float32 logits ``[steps, vocab]`` of batch-1 steps of ``request`` in ``mode``, fed
     ``tokens`` (1-D, one per step) instead of its own greedy tokens (uncaptured steps; see
     :meth:`BatchDecoder.forced_logits`)."""
-    from .bench_serving import fill, prompt_slots
-
-    step, attention = parse_mode(mode)
-    decoder = BatchDecoder(
-        model, 1, tokens.numel() + 2, prompt_slots=prompt_slots([request]), graph=False, mode=step,
-        attention=attention,
-    )  # fmt: skip
-    fill(decoder, [request])
+    decoder = filled_decoder(model, [request], 1, tokens.numel() + 2, mode, graph=False)
     logits = decoder.forced_logits(tokens.view(-1, 1))[:, 0]
     del decoder
     release(request["first"].device)
@@ -175,6 +155,7 @@ def forced_agreement(logits: torch.Tensor, reference: torch.Tensor, tokens: torc
     margins = (top2[:, 0] - top2[:, 1])[~picks]
     return {
         "forced_top1": int(picks.sum()),
+        "forced_steps": int(picks.numel()),
         "forced_picks": picks.tolist(),
         "forced_err": float(err.mean()),
         "forced_miss_margin_max": float(margins.max()) if margins.numel() else 0.0,

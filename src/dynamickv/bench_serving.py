@@ -139,6 +139,25 @@ def prompt_slots(requests: list[dict[str, Any]]) -> list[int]:
     return [max(w) for w in zip(*widths, strict=True)]
 
 
+def filled_decoder(
+    model,
+    requests: list[dict[str, Any]],
+    rows: int,
+    max_new: int,
+    mode: str = "auto",
+    graph: bool | None = None,
+) -> BatchDecoder:
+    """A :class:`BatchDecoder` for ``mode`` (``step[:attention]``) sized for ``requests``, its
+    ``rows`` rows filled with copies of them (:func:`fill`); ``graph`` as the decoder's (None: its
+    default)."""
+    step, attention = parse_mode(mode)
+    decoder = BatchDecoder(
+        model, rows, max_new, prompt_slots=prompt_slots(requests), graph=graph, mode=step, attention=attention
+    )
+    fill(decoder, requests)
+    return decoder
+
+
 def decoder_rate(
     model, requests: list[dict[str, Any]], rows: int, steps: int, mode: str = "auto"
 ) -> dict[str, Any]:
@@ -150,13 +169,10 @@ def decoder_rate(
     Returns ms per step (the steps run back to back after the first one, which captures the graph,
     and are timed together), tokens per second, the decoder's buffer bytes and peak memory."""
     device = requests[0]["first"].device
-    slots = prompt_slots(requests)
     release(device)
     base = _allocated(device)
     t0 = time.perf_counter()
-    step, attention = parse_mode(mode)
-    decoder = BatchDecoder(model, rows, steps + 2, prompt_slots=slots, mode=step, attention=attention)
-    fill(decoder, requests)
+    decoder = filled_decoder(model, requests, rows, steps + 2, mode)
     decoder.decode(1)  # capture (graph), compile (compiled mode)
     sync(device)
     setup = time.perf_counter() - t0

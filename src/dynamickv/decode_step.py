@@ -30,6 +30,7 @@ Mistral, Qwen2, Qwen3 with its q/k norms, Phi-3 with its already fused weights).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 import types
@@ -128,10 +129,7 @@ def matmul_attention(
     kv_heads, slots = keys.shape[1], keys.shape[2]
     grouped = query.reshape(b * kv_heads, heads // kv_heads, d)
     flat_keys = keys.reshape(b * kv_heads, slots, d).transpose(1, 2)
-    if keys.is_cuda and _BMM_OUT_DTYPE:
-        scores = torch.bmm(grouped, flat_keys, out_dtype=torch.float32)
-    else:
-        scores = torch.bmm(grouped.float(), flat_keys.float())
+    scores = _bmm_float32(grouped, flat_keys)
     probs = (scores.view(b, kv_heads, -1, slots) * scaling + mask.float()).softmax(-1)
     return _weighted_values(probs, values).reshape(b, heads, 1, d)
 
@@ -157,15 +155,20 @@ def _weighted_values(probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     hi = (probs.view(torch.int32) & _HIGH_16_BITS).view(torch.float32)
     both = torch.cat([hi, probs - hi], dim=2).to(values.dtype).reshape(b * kv_heads, 2 * group, slots)
     flat_values = values.reshape(b * kv_heads, slots, -1)
-    if values.is_cuda and _BMM_OUT_DTYPE:
-        out = torch.bmm(both, flat_values, out_dtype=torch.float32)
-    else:
-        out = torch.bmm(both.float(), flat_values.float())
+    out = _bmm_float32(both, flat_values)
     return (out[:, :group] + out[:, group:]).to(values.dtype).view(b, kv_heads, group, -1)
 
 
 #: ``torch.bmm(..., out_dtype=)`` (bf16 inputs, float32 output; CUDA), in recent PyTorch.
 _BMM_OUT_DTYPE = hasattr(torch.ops.aten.bmm, "dtype")
+
+
+def _bmm_float32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` (batched) as float32: on CUDA one bf16 GEMM with a float32 output where PyTorch has
+    it, else in float32 (a bf16 x bf16 product is exact in float32 either way)."""
+    if a.is_cuda and _BMM_OUT_DTYPE:
+        return torch.bmm(a, b, out_dtype=torch.float32)
+    return torch.bmm(a.float(), b.float())
 
 
 def flex_grouped_attention(
@@ -262,21 +265,20 @@ def compiled_layer_step(spec: StepSpec) -> Callable[..., torch.Tensor]:
     that compiles a few steps (attention kernels, models, batch sizes: the decode benchmarks do)
     silently decoded its later ones uncompiled (on the H200, ``compiled:splitkv`` measured 8.6 ms
     per token instead of about 5). Here each step gets a fresh copy of its code object, so its
-    graphs (one, then one with a dynamic slot dimension) have their own count, and going past the
-    limit raises instead of falling back.
+    graphs (one, then one with a dynamic slot dimension) have their own count; :class:`FusedStep`
+    calls it under :func:`_no_silent_fallback`, so going past the limit raises instead.
     """
 
     def step(*args):
         return layer_step(spec, *args)
 
     own = types.FunctionType(step.__code__.replace(), step.__globals__, "layer_step", None, step.__closure__)
-    compiled = torch.compile(own, fullgraph=True)
+    return torch.compile(own, fullgraph=True)
 
-    def run(*args):
-        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-            return compiled(*args)
 
-    return run
+def _no_silent_fallback():
+    """Past Dynamo's recompile limit, raise rather than run the compiled step uncompiled."""
+    return torch._dynamo.config.patch(fail_on_recompile_limit_hit=True)
 
 
 def _fuse(modules: list[torch.nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -429,6 +431,7 @@ class FusedStep:
         self.head_w, self.head_b = head.weight, head.bias
         fn = functools.partial(layer_step, self.spec)
         self.layer_fn = compiled_layer_step(self.spec) if compile else fn
+        self._guard = _no_silent_fallback if compile else contextlib.nullcontext
 
     @classmethod
     def for_model(
@@ -447,8 +450,9 @@ class FusedStep:
         ``(keys, values, mask)`` per layer."""
         x = self.embed(tokens.view(-1, 1))
         cos, sin = self.rotary(x, positions.view(-1, 1))
-        for w, (k, v, m) in zip(self.weights, buffers, strict=True):
-            x = self.layer_fn(x, cos, sin, k, v, m, slot, rows, heads, w)
+        with self._guard():  # once per step, not per layer
+            for w, (k, v, m) in zip(self.weights, buffers, strict=True):
+                x = self.layer_fn(x, cos, sin, k, v, m, slot, rows, heads, w)
         x = rms_norm(x, self.norm_w, self.norm_eps)
         return F.linear(x[:, -1], self.head_w, self.head_b)
 
