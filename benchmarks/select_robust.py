@@ -13,6 +13,17 @@ The rule (written down, and committed, before the GPU run it is applied to):
 
 The dev runs use seed 1001, the reported runs seed 2002: the choice never sees the samples it is
 reported on. Prints the ranking and writes it as JSON next to the first run (``selection.json``).
+
+``--against SPEC``: the second rule (2026-11-29, fourth session, committed before the screen it
+ranks), for issue 12's target "never below our best uniform method at B = 64, 128 or 256":
+
+* candidates: as above, head-adaptive specs included (they are layer-adaptive too);
+* per run and budget, ``d`` = the candidate's RULER average minus ``SPEC``'s (the uniform method);
+* score: the *smallest* ``d`` over the runs and budgets (the worst case the target is about); a tie
+  within 0.05 goes to the larger mean ``d``, then to fewer parameters.
+
+The screen runs (``benchmarks/gpu_allocation_screen.sh``) use seed 4004; the winner is then run on
+seed 5005, which no rule has seen.
 """
 
 from __future__ import annotations
@@ -47,20 +58,72 @@ def rank(runs: list[Path]) -> list[dict]:
     return rows
 
 
+def rank_against(runs: list[Path], uniform: str, budgets: tuple[str, ...] = BUDGETS) -> list[dict]:
+    """The second rule (module docstring): worst-case difference from ``uniform``, highest first."""
+    metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    names = sorted(set.intersection(*(set(candidates(m)) | _adaptive(m) for m in metrics)))
+    rows = []
+    for name in names:
+        try:
+            diffs = [m["average"][name][b] - m["average"][uniform][b] for m in metrics for b in budgets]
+        except (KeyError, TypeError):
+            continue
+        rows.append(
+            {
+                "spec": name,
+                "worst": min(diffs),
+                "mean": sum(diffs) / len(diffs),
+                "params": name.count("="),
+                "diffs": diffs,
+            }
+        )
+    rows.sort(key=lambda r: (-round(r["worst"] / 0.05), -r["mean"], r["params"], r["spec"]))
+    return rows
+
+
+def _adaptive(metrics: dict) -> set[str]:
+    return {
+        m
+        for m in metrics["average"]
+        if m.startswith("dynamickv") and m not in EXCLUDED and "heads=adaptive" in m
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description="Rank the DynamicKV variants of dev runs (rule in the docstring)."
     )
     ap.add_argument("runs", nargs="+", type=Path, help="eval output folders, one per model")
-    runs = ap.parse_args().runs
+    ap.add_argument("--against", metavar="SPEC", help="the second rule: worst case against this uniform spec")
+    ap.add_argument(
+        "--budgets", default=",".join(BUDGETS), help="budgets the rule compares (default 64,128,256)"
+    )
+    args = ap.parse_args()
+    runs = args.runs
     for r in runs:
         if not (r / "metrics.json").is_file():
             raise SystemExit(f"error: {r} has no metrics.json (run `dynamickv eval` there first)")
-    rows = rank(runs)
-    for r in rows:
-        print(f"{r['score']:7.2f}  {r['spec']}")
-    (runs[0] / "selection.json").write_text(
-        json.dumps({"runs": [str(r) for r in runs], "budgets": BUDGETS, "ranking": rows}, indent=1)
+    if args.against:
+        missing = [
+            str(r)
+            for r in runs
+            if args.against not in json.loads((r / "metrics.json").read_text())["average"]
+        ]
+        if missing:
+            raise SystemExit(f"error: {args.against!r} is not in {', '.join(missing)}")
+        rows = rank_against(runs, args.against, tuple(args.budgets.split(",")))
+        for r in rows:
+            print(f"worst {r['worst']:+6.2f}  mean {r['mean']:+6.2f}  {r['spec']}")
+    else:
+        rows = rank(runs)
+        for r in rows:
+            print(f"{r['score']:7.2f}  {r['spec']}")
+    name = "selection_against.json" if args.against else "selection.json"
+    (runs[0] / name).write_text(
+        json.dumps(
+            {"runs": [str(r) for r in runs], "budgets": BUDGETS, "against": args.against, "ranking": rows},
+            indent=1,
+        )
     )
     print(f"recommended: {rows[0]['spec']}" if rows else "no candidate")
 
