@@ -17,18 +17,32 @@ from .fullkv import FullKV
 from .h2o import H2O
 from .pyramidkv import PyramidKV
 from .snapkv import SnapKV
+from .snapkv_forward import ForwardSnapKV
 from .streamingllm import StreamingLLM
 from .windowkv import WindowKV
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (FullKV, StreamingLLM, H2O, SnapKV, PyramidKV, DynamicKV, RobustDynamicKV, WindowKV, AdaKV)
+    for cls in (
+        FullKV,
+        StreamingLLM,
+        H2O,
+        SnapKV,
+        ForwardSnapKV,
+        PyramidKV,
+        DynamicKV,
+        RobustDynamicKV,
+        WindowKV,
+        AdaKV,
+    )
 }
 
-#: The method to use when you have no reason to pick another: the best adaptive method on both real
-#: models under the papers' protocol (docs/evaluation.md), chosen on dev sets by a rule fixed in
-#: ``benchmarks/select_robust.py``. ``dynamickv`` stays the paper's algorithm, for reproducing it.
-RECOMMENDED = RobustDynamicKV.name
+#: The method to use when you have no reason to pick another: the best method on both real models
+#: under the papers' protocol (docs/evaluation.md). Until 2026-11-29 it was ``dynamickv-robust``; the
+#: allocation screen then found no layer-adaptive allocation ahead of uniform budgets with the same
+#: scoring, and uniform budgets prefill faster. ``dynamickv`` stays the paper's algorithm, for
+#: reproducing it, and ``dynamickv-robust`` the best layer-adaptive variant.
+RECOMMENDED = ForwardSnapKV.name
 
 
 def get_method(name: str | Method, **params: Any) -> Method:
@@ -224,6 +238,7 @@ __all__ = [
     "RECOMMENDED",
     "AdaKV",
     "DynamicKV",
+    "ForwardSnapKV",
     "FullKV",
     "KeepOp",
     "Method",
