@@ -17,6 +17,13 @@ ROBUST="dynamickv:pooling=forward;kernel=12;min_ratio=0.5"
 CANDIDATES="$ROBUST,dynamickv:pooling=forward;kernel=12;min_ratio=0.75,\
 dynamickv:allocation=candidates;pooling=forward;kernel=12;min_ratio=0.5,\
 dynamickv:pooling=forward;kernel=12;min_ratio=0.5;heads=adaptive"
+# SCREEN=pooling: the second screen (same sets, same rule): SnapKV's uniform budgets with `decay`
+# pooling (a fading forward loan, half-life k = 12) against the recommended forward pooling
+P="" ES=200 EQ=250 CS=150 CQ=200 EN=80 # step estimates, seconds
+if [ "${SCREEN:-allocation}" = pooling ]; then
+  P=pool_ CANDIDATES="snapkv:window=8;pooling=decay;kernel=12" ROBUST="snapkv:window=8;pooling=decay;kernel=12"
+  ES=120 EQ=90 CS=110 CQ=90 EN=50
+fi
 SAMPLES_SMOL=12 SAMPLES_QWEN=6 CONFIRM_SMOL=16 CONFIRM_QWEN=8 NIAH_LENGTHS=1024,2048,4096,8192
 if [ "${DRY:-0}" = 1 ]; then
   QWEN=$SMOL QLEN=4096 SAMPLES_SMOL=1 SAMPLES_QWEN=1 CONFIRM_SMOL=1 CONFIRM_QWEN=1 NIAH_LENGTHS=1024 BUDGETS=64
@@ -25,16 +32,16 @@ export BUDGETS
 resume() { [ -f "$RUNS/$1/config.json" ] && echo --resume; }
 METHODS="$CANDIDATES,$UNIFORM"
 export METHODS
-step screen_smol 200 evaluate screen_smol "$SMOL" ruler 4096 --samples "$SAMPLES_SMOL" --seed 4004 $(resume screen_smol)
-step screen_qwen 250 evaluate screen_qwen "$QWEN" ruler "$QLEN" --samples "$SAMPLES_QWEN" --seed 4004 $(resume screen_qwen)
-if [ -f "$RUNS/screen_smol/metrics.json" ] && [ -f "$RUNS/screen_qwen/metrics.json" ]; then
-  python3 benchmarks/select_robust.py "$RUNS/screen_smol" "$RUNS/screen_qwen" --against "$UNIFORM" --budgets "$BUDGETS" | tee "$RUNS/selection.txt"
-  WINNER=$(sed -n 's/^recommended: //p' "$RUNS/selection.txt")
+step ${P}screen_smol $ES evaluate ${P}screen_smol "$SMOL" ruler 4096 --samples "$SAMPLES_SMOL" --seed 4004 $(resume ${P}screen_smol)
+step ${P}screen_qwen $EQ evaluate ${P}screen_qwen "$QWEN" ruler "$QLEN" --samples "$SAMPLES_QWEN" --seed 4004 $(resume ${P}screen_qwen)
+if [ -f "$RUNS/${P}screen_smol/metrics.json" ] && [ -f "$RUNS/${P}screen_qwen/metrics.json" ]; then
+  python3 benchmarks/select_robust.py "$RUNS/${P}screen_smol" "$RUNS/${P}screen_qwen" --against "$UNIFORM" --budgets "$BUDGETS" | tee "$RUNS/${P}selection.txt"
+  WINNER=$(sed -n 's/^recommended: //p' "$RUNS/${P}selection.txt")
   METHODS=$(printf '%s\n' "$WINNER" "$ROBUST" "$UNIFORM" | awk '!seen[$0]++' | paste -sd, -)
   export METHODS
-  step confirm_smol 150 evaluate confirm_smol "$SMOL" ruler 4096 --samples "$CONFIRM_SMOL" --seed 5005 $(resume confirm_smol)
-  step confirm_qwen 200 evaluate confirm_qwen "$QWEN" ruler "$QLEN" --samples "$CONFIRM_QWEN" --seed 5005 $(resume confirm_qwen)
-  step niah_qwen 80 evaluate confirm_niah_qwen "$QWEN" niah "$NIAH_LENGTHS" $(resume confirm_niah_qwen)
+  step ${P}confirm_smol $CS evaluate ${P}confirm_smol "$SMOL" ruler 4096 --samples "$CONFIRM_SMOL" --seed 5005 $(resume ${P}confirm_smol)
+  step ${P}confirm_qwen $CQ evaluate ${P}confirm_qwen "$QWEN" ruler "$QLEN" --samples "$CONFIRM_QWEN" --seed 5005 $(resume ${P}confirm_qwen)
+  step ${P}niah_qwen $EN evaluate ${P}confirm_niah_qwen "$QWEN" niah "$NIAH_LENGTHS" $(resume ${P}confirm_niah_qwen)
 fi
 tar -czf "$OUT/screen.tar.gz" -C "$RUNS" .
 echo "done in $(($(date +%s) - START)) s"

@@ -17,7 +17,8 @@ reported on. Prints the ranking and writes it as JSON next to the first run (``s
 ``--against SPEC``: the second rule (2026-11-29, fourth session, committed before the screen it
 ranks), for issue 12's target "never below our best uniform method at B = 64, 128 or 256":
 
-* candidates: as above, head-adaptive specs included (they are layer-adaptive too);
+* candidates: every method of the runs but ``fullkv``, the faithful references and ``SPEC`` itself
+  (head-adaptive specs included; in the first screen every such method was a DynamicKV variant);
 * per run and budget, ``d`` = the candidate's RULER average minus ``SPEC``'s (the uniform method);
 * score: the *smallest* ``d`` over the runs and budgets (the worst case the target is about); a tie
   within 0.05 goes to the larger mean ``d``, then to fewer parameters.
@@ -61,7 +62,7 @@ def rank(runs: list[Path]) -> list[dict]:
 def rank_against(runs: list[Path], uniform: str, budgets: tuple[str, ...] = BUDGETS) -> list[dict]:
     """The second rule (module docstring): worst-case difference from ``uniform``, highest first."""
     metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
-    names = sorted(set.intersection(*(set(candidates(m)) | _adaptive(m) for m in metrics)))
+    names = sorted(set.intersection(*(set(m["average"]) - EXCLUDED - {"fullkv", uniform} for m in metrics)))
     rows = []
     for name in names:
         try:
@@ -79,14 +80,6 @@ def rank_against(runs: list[Path], uniform: str, budgets: tuple[str, ...] = BUDG
         )
     rows.sort(key=lambda r: (-round(r["worst"] / 0.05), -r["mean"], r["params"], r["spec"]))
     return rows
-
-
-def _adaptive(metrics: dict) -> set[str]:
-    return {
-        m
-        for m in metrics["average"]
-        if m.startswith("dynamickv") and m not in EXCLUDED and "heads=adaptive" in m
-    }
 
 
 def main() -> None:

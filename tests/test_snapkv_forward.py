@@ -36,3 +36,24 @@ def test_a_spike_keeps_the_eleven_tokens_after_it():
     centred = pool_scores(scores, 7, "max")
     assert set(torch.topk(forward, 12).indices.flatten().tolist()) == set(range(40, 52))
     assert set(torch.topk(centred, 7).indices.flatten().tolist()) == set(range(37, 44))
+
+
+def test_decay_pooling_is_a_fading_forward_loan():
+    """``decay``: each token scores the max of ``s[t - d] * 2**(-d / k)`` for ``d < 4k`` (a plain
+    transcription on random scores), so the kept span after a peak grows with the budget."""
+    k = 5
+    s = torch.rand(2, 3, 60)
+    s[0, 1, :4] = float("-inf")  # left padding lends nothing
+    want = torch.empty_like(s)
+    for t in range(60):
+        want[..., t] = torch.stack([s[..., t - d] * 2 ** (-d / k) for d in range(min(4 * k, t + 1))]).amax(0)
+    assert torch.allclose(pool_scores(s, k, "decay"), want)
+
+    spike = torch.full((1, 1, 200), 1e-4)
+    spike[..., 40] = 1.0
+    spike[..., 120] = 0.3
+    pooled = pool_scores(spike, 12, "decay")
+    for budget in (12, 20):  # all from the strongest peak: 0.3 is worth 2**(-20.8 / 12) of it
+        assert set(torch.topk(pooled, budget).indices.flatten().tolist()) == set(range(40, 40 + budget))
+    kept = set(torch.topk(pooled, 40).indices.flatten().tolist())
+    assert set(range(40, 69)) <= kept and 120 in kept  # a 29-token span, and the second peak's start

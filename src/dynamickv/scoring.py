@@ -17,8 +17,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-Pooling = Literal["avg", "max", "forward", "none"]
-POOLINGS = ("avg", "max", "forward", "none")
+Pooling = Literal["avg", "max", "forward", "decay", "none"]
+POOLINGS = ("avg", "max", "forward", "decay", "none")
+#: ``decay`` pooling looks this many half-lives back (beyond it a score is worth under 1/16)
+DECAY_HALF_LIVES = 4
 
 NEG_INF = float("-inf")
 
@@ -33,6 +35,12 @@ def pool_scores(scores: torch.Tensor, kernel: int, mode: Pooling) -> torch.Tenso
     from the context (a 7-digit number, one token per digit) attends at each step to the token after
     the one it just copied; the question's attention, which ranks tokens at prefill, falls on the
     span's start, so centred pooling keeps the start and loses the rest.
+
+    ``decay`` is ``forward`` with a fading loan: token ``t`` scores ``max_d s[t - d] * 2**(-d / kernel)``
+    over ``d < 4 * kernel``, so ``kernel`` is the loan's half-life. Why: ``forward`` keeps exactly
+    ``kernel`` tokens after a peak however long the span the model will copy (a 30-token uuid loses
+    its end at k = 12); a fading loan ranks the first tokens after every peak first and extends the
+    spans of the strongest peaks as far as the budget allows.
     """
     if mode == "none" or kernel <= 1 or scores.shape[-1] == 0:
         return scores
@@ -45,6 +53,12 @@ def pool_scores(scores: torch.Tensor, kernel: int, mode: Pooling) -> torch.Tenso
     elif mode == "forward":
         padded = F.pad(flat, (kernel - 1, 0), value=NEG_INF)
         return F.max_pool1d(padded, kernel_size=kernel, stride=1).reshape(shape)
+    elif mode == "decay":
+        out = scores.clone()
+        for d in range(1, min(DECAY_HALF_LIVES * kernel, shape[-1])):
+            lent = scores[..., :-d] * 2.0 ** (-d / kernel)
+            out[..., d:] = torch.maximum(out[..., d:], lent)
+        return out
     else:  # pragma: no cover - guarded by the dataclass validation
         raise ValueError(f"unknown pooling {mode!r}")
     return out[..., : shape[-1]].reshape(shape)

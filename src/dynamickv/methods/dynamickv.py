@@ -17,7 +17,7 @@ from .base import KeepOp, Method, PrefillInfo, select_top
 
 Allocation = Literal["authors", "candidates"]
 #: DynamicKV's pooling: the shared ones, or ``"auto"``, the authors' per family (:data:`FAMILY_POOLING`)
-DynamicPooling = Literal["avg", "max", "forward", "none", "auto"]
+DynamicPooling = Literal["avg", "max", "forward", "decay", "none", "auto"]
 Normalize = Literal["none", "sum"]
 Rows = Literal["shared", "separate"]
 
