@@ -132,7 +132,7 @@ def test_every_parameter_of_every_method_is_settable_in_a_spec(model):
         ("windowkv:window=8", "not used by windowkv"),
         ("streamingllm:window=8", "not used by streamingllm"),
         ("fullkv:window=8", "not used by fullkv"),
-        ("snapkv:pooling=median", "'avg' or 'max' or 'forward' or 'none'"),
+        ("snapkv:pooling=median", "'avg' or 'max' or 'forward' or 'decay' or 'none'"),
         ("snapkv:kernel=true", "not an integer"),
     ],
 )

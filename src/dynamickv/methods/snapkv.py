@@ -22,7 +22,8 @@ class SnapKV(HeadBudgets, Method):
     Attributes:
         window: observation window (always kept), 32.
         kernel: pooling kernel along positions, 7.
-        pooling: ``"max"`` (the paper's comparisons) or ``"avg"``.
+        pooling: ``"max"`` (the paper's comparisons) or ``"avg"``; ``"forward"`` and ``"decay"`` lend
+            a token's score to the tokens after it (:func:`dynamickv.scoring.pool_scores`).
         heads: ``"uniform"`` (the paper) or ``"adaptive"`` (Ada-KV's head budgets, see
             :class:`~dynamickv.heads.HeadBudgets`); ``head_floor``: Ada-KV's safeguard, 0.2.
     """
