@@ -59,9 +59,9 @@ def rank(runs: list[Path]) -> list[dict]:
     return rows
 
 
-def rank_against(runs: list[Path], uniform: str, budgets: tuple[str, ...] = BUDGETS) -> list[dict]:
-    """The second rule (module docstring): worst-case difference from ``uniform``, highest first."""
-    metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+def rank_against(metrics: list[dict], uniform: str, budgets: tuple[str, ...] = BUDGETS) -> list[dict]:
+    """The second rule (module docstring) over the runs' ``metrics.json``: worst-case difference from
+    ``uniform``, highest first."""
     names = sorted(set.intersection(*(set(m["average"]) - EXCLUDED - {"fullkv", uniform} for m in metrics)))
     rows = []
     for name in names:
@@ -96,15 +96,13 @@ def main() -> None:
     for r in runs:
         if not (r / "metrics.json").is_file():
             raise SystemExit(f"error: {r} has no metrics.json (run `dynamickv eval` there first)")
+    budgets = tuple(args.budgets.split(",")) if args.against else BUDGETS
     if args.against:
-        missing = [
-            str(r)
-            for r in runs
-            if args.against not in json.loads((r / "metrics.json").read_text())["average"]
-        ]
+        metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+        missing = [str(r) for r, m in zip(runs, metrics) if args.against not in m["average"]]
         if missing:
             raise SystemExit(f"error: {args.against!r} is not in {', '.join(missing)}")
-        rows = rank_against(runs, args.against, tuple(args.budgets.split(",")))
+        rows = rank_against(metrics, args.against, budgets)
         for r in rows:
             print(f"worst {r['worst']:+6.2f}  mean {r['mean']:+6.2f}  {r['spec']}")
     else:
@@ -114,7 +112,7 @@ def main() -> None:
     name = "selection_against.json" if args.against else "selection.json"
     (runs[0] / name).write_text(
         json.dumps(
-            {"runs": [str(r) for r in runs], "budgets": BUDGETS, "against": args.against, "ranking": rows},
+            {"runs": [str(r) for r in runs], "budgets": budgets, "against": args.against, "ranking": rows},
             indent=1,
         )
     )
