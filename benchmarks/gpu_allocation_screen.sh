@@ -24,6 +24,15 @@ if [ "${SCREEN:-allocation}" = pooling ]; then
   P=pool_ CANDIDATES="snapkv:window=8;pooling=decay;kernel=12" ROBUST="snapkv:window=8;pooling=decay;kernel=12"
   ES=120 EQ=90 CS=110 CQ=90 EN=50
 fi
+# SCREEN=sinks: the third screen (same sets, same rule): the attention sink's first 4 tokens lend
+# nothing (`quiet_sinks=4`) under decay and forward pooling, and DynamicKV's allocation with that
+# scoring; confirmed with decay pooling whichever wins
+if [ "${SCREEN:-allocation}" = sinks ]; then
+  P=sinks_ ROBUST="snapkv:window=8;pooling=decay;kernel=12;quiet_sinks=4"
+  CANDIDATES="$ROBUST,snapkv:window=8;pooling=forward;kernel=12;quiet_sinks=4,\
+dynamickv:pooling=decay;kernel=12;min_ratio=0.5;quiet_sinks=4"
+  ES=200 EQ=200 CS=150 CQ=160 EN=60
+fi
 SAMPLES_SMOL=12 SAMPLES_QWEN=6 CONFIRM_SMOL=16 CONFIRM_QWEN=8 NIAH_LENGTHS=1024,2048,4096,8192
 if [ "${DRY:-0}" = 1 ]; then
   QWEN=$SMOL QLEN=4096 SAMPLES_SMOL=1 SAMPLES_QWEN=1 CONFIRM_SMOL=1 CONFIRM_QWEN=1 NIAH_LENGTHS=1024 BUDGETS=64

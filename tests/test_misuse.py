@@ -100,6 +100,7 @@ def test_every_parameter_of_every_method_is_settable_in_a_spec(model):
         "min_tokens": "16",
         "normalize": "sum",
         "sink": "2",
+        "quiet_sinks": "2",
         "rows": "separate",
     }
     from dataclasses import fields

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dynamickv.methods import RECOMMENDED, get_method
-from dynamickv.scoring import pool_scores
+from dynamickv.scoring import Observation, pool_scores
 from test_methods_reference import make_obs, run_method
 
 
@@ -57,3 +57,48 @@ def test_decay_pooling_is_a_fading_forward_loan():
         assert set(torch.topk(pooled, budget).indices.flatten().tolist()) == set(range(40, 40 + budget))
     kept = set(torch.topk(pooled, 40).indices.flatten().tolist())
     assert set(range(40, 69)) <= kept and 120 in kept  # a 29-token span, and the second peak's start
+
+
+@pytest.mark.parametrize("mode", ["decay", "forward", "max"])
+def test_quiet_sinks_keep_their_score_and_lend_none(mode):
+    """``quiet``: a marked token scores as itself and lends nothing; every other token scores as if
+    the marked one were 0 (a plain transcription: pool with the sink zeroed, then restore it)."""
+    s = torch.rand(2, 3, 80)
+    s[..., 0] = 1e5  # an attention sink
+    quiet = torch.zeros(2, 1, 80, dtype=torch.bool)
+    quiet[..., :4] = True
+    got = pool_scores(s, 6, mode, quiet)
+    zeroed = s.clone()
+    zeroed[..., :4] = 0
+    want = pool_scores(zeroed, 6, mode)
+    want[..., :4] = torch.maximum(want[..., :4], s[..., :4])
+    assert torch.equal(got, want)
+    assert got[..., 0].eq(1e5).all() and got[..., 4:].lt(1e3).all()
+
+
+def test_quiet_sinks_stop_the_sink_taking_a_small_budget():
+    """With ``decay`` pooling a sink 10^5 times the median lends enough to the 47 tokens after it to
+    outrank every real peak (measured on SmolLM2, docs/evaluation.md); quiet sinks keep the sink
+    itself and give the rest of the budget to the peak's span. The sinks are the first real tokens
+    of each row, after left padding."""
+    s = torch.full((2, 1, 300), 1e-4)
+    s[0, 0, 0] = 1e3
+    s[1, 0, 10] = 1e3  # row 1 is left-padded by 10
+    s[0, 0, 150] = s[1, 0, 150] = 1.0
+    valid = torch.ones(2, 300, dtype=torch.bool)
+    valid[1, :10] = False
+    obs = Observation(torch.zeros(2, 1, 4, 8), torch.zeros(2, 1, 304, 8), 1.0, None, 0)
+    obs._sums[4] = torch.cat([s, torch.zeros(2, 1, 4)], dim=-1)
+    loud = pool_scores(s, 12, "decay")
+    assert set(loud[0, 0].topk(20).indices.tolist()) == set(range(20))  # the sink's loan wins
+    obs.valid = torch.cat([valid, torch.ones(2, 4, dtype=torch.bool)], dim=-1)
+    pooled = obs.scores(4, kernel=12, pooling="decay", quiet_sinks=4)
+    for row, sink in ((0, 0), (1, 10)):
+        kept = set(pooled[row, 0].topk(20).indices.tolist())
+        assert kept == {sink} | set(range(150, 169))
+
+
+@pytest.mark.parametrize("spec", ["snapkv:quiet_sinks=-1", "dynamickv:quiet_sinks=-2"])
+def test_negative_quiet_sinks_is_refused(spec):
+    with pytest.raises(ValueError, match="quiet_sinks must be >= 0"):
+        get_method(spec)

@@ -25,7 +25,9 @@ DECAY_HALF_LIVES = 4
 NEG_INF = float("-inf")
 
 
-def pool_scores(scores: torch.Tensor, kernel: int, mode: Pooling) -> torch.Tensor:
+def pool_scores(
+    scores: torch.Tensor, kernel: int, mode: Pooling, quiet: torch.Tensor | None = None
+) -> torch.Tensor:
     """1-D pooling along positions (stride 1), as SnapKV-style methods do.
 
     Pooling spreads a token's importance to its neighbours so that kept tokens come with their
@@ -41,9 +43,17 @@ def pool_scores(scores: torch.Tensor, kernel: int, mode: Pooling) -> torch.Tenso
     ``kernel`` tokens after a peak however long the span the model will copy (a 30-token uuid loses
     its end at k = 12); a fading loan ranks the first tokens after every peak first and extends the
     spans of the strongest peaks as far as the budget allows.
+
+    ``quiet`` (bool, broadcastable to ``scores``) marks tokens that keep their own score but lend
+    none to their neighbours. Why: an attention sink scores about 10^5 times the median token, so
+    under ``decay`` its loan outranks every real peak for ``4 * kernel`` tokens and a small budget
+    is spent on the tokens after the sink (measured: ``docs/evaluation.md``, the decay screen).
     """
     if mode == "none" or kernel <= 1 or scores.shape[-1] == 0:
         return scores
+    if quiet is not None:
+        pooled = pool_scores(scores.masked_fill(quiet, 0.0), kernel, mode)
+        return torch.where(quiet, torch.maximum(pooled, scores), pooled)
     shape = scores.shape
     flat = scores.reshape(-1, 1, shape[-1])
     if mode == "avg":
@@ -169,18 +179,32 @@ class Observation:
         kernel: int = 1,
         pooling: Pooling = "none",
         per_kv_head: bool = True,
+        quiet_sinks: int = 0,
     ) -> torch.Tensor:
         """Scores of the non-window tokens ``j < n - window``.
 
         Returns ``[b, h_kv, n - window]`` (or ``[b, n - window]`` averaged over all heads when
         ``per_kv_head`` is False); padded positions are ``-inf`` so they can never be selected.
+        ``quiet_sinks``: the first that many real tokens of each row lend nothing when pooling
+        (``quiet`` in :func:`pool_scores`).
         """
         s = self._window_sum(window)[..., : self.n - window]
         if not per_kv_head:
             s = s.mean(dim=1)
-        s = pool_scores(s, kernel, pooling)
+        quiet = self._sink_mask(quiet_sinks, s.shape[-1], per_kv_head) if quiet_sinks > 0 else None
+        s = pool_scores(s, kernel, pooling, quiet)
         if self.valid is not None:
             v = self.valid[:, : self.n - window]
             v = v.unsqueeze(1) if per_kv_head else v
             s = s.masked_fill(~v, NEG_INF)
         return s
+
+    def _sink_mask(self, sinks: int, length: int, per_kv_head: bool) -> torch.Tensor:
+        """``[b, (1,) length]`` bool: the first ``sinks`` real tokens of each row (after left padding)."""
+        pos = torch.arange(length, device=self.keys.device).view(1, length)
+        if self.valid is None:
+            mask = (pos < sinks).expand(self.batch, length)
+        else:
+            first = self.valid.float().argmax(dim=-1, keepdim=True)  # first real token of each row
+            mask = (pos >= first) & (pos < first + sinks)
+        return mask.unsqueeze(1) if per_kv_head else mask

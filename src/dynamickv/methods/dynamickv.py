@@ -83,6 +83,8 @@ class DynamicKV(HeadBudgets, Method):
         pooling: ``"avg"`` (the authors' Llama scripts; their Mistral/Qwen2 scripts use ``"max"``;
             ``"auto"`` picks theirs per family, see :data:`FAMILY_POOLING`; ``"forward"``: see
             :func:`dynamickv.scoring.pool_scores`).
+        quiet_sinks: the first that many tokens keep their own score but lend none when pooling, 0
+            (as :class:`~dynamickv.methods.snapkv.SnapKV`; ``sink`` is the allocation's, not pooling's).
         r_max: a layer holds at most ``r_max * (B - w)`` non-window tokens, 10.
         update_every: re-allocation interval ``m`` in layers, 4.
         allocation: ``"authors"`` or ``"candidates"`` (see above).
@@ -108,6 +110,7 @@ class DynamicKV(HeadBudgets, Method):
     window: int = 8
     kernel: int = 7
     pooling: DynamicPooling = "avg"
+    quiet_sinks: int = 0
     r_max: float = 10.0
     update_every: int = 4
     allocation: Allocation = "authors"
@@ -137,6 +140,8 @@ class DynamicKV(HeadBudgets, Method):
             raise BudgetError(f"{self.name}: min_ratio must be in [0, 1], got {self.min_ratio}")
         if self.min_tokens < 0:
             raise BudgetError(f"{self.name}: min_tokens must be >= 0, got {self.min_tokens}")
+        if self.quiet_sinks < 0:
+            raise BudgetError(f"{self.name}: quiet_sinks must be >= 0, got {self.quiet_sinks}")
 
     def begin(self, info: PrefillInfo) -> None:
         super().begin(info)
@@ -159,7 +164,9 @@ class DynamicKV(HeadBudgets, Method):
         self._kept: list[int] = []
 
     def score(self, obs: Observation) -> torch.Tensor:
-        return obs.scores(self.window, kernel=self.kernel, pooling=self._pooling)
+        return obs.scores(
+            self.window, kernel=self.kernel, pooling=self._pooling, quiet_sinks=self.quiet_sinks
+        )
 
     def compress(self, layer: int, obs: Observation) -> list[KeepOp]:
         info = self._require_info()

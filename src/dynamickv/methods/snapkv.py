@@ -24,6 +24,9 @@ class SnapKV(HeadBudgets, Method):
         kernel: pooling kernel along positions, 7.
         pooling: ``"max"`` (the paper's comparisons) or ``"avg"``; ``"forward"`` and ``"decay"`` lend
             a token's score to the tokens after it (:func:`dynamickv.scoring.pool_scores`).
+        quiet_sinks: the first that many tokens keep their own score but lend none when pooling, 0.
+            Attention sinks score orders of magnitude above content, so a lending pooling would
+            spend the budget on the tokens after them.
         heads: ``"uniform"`` (the paper) or ``"adaptive"`` (Ada-KV's head budgets, see
             :class:`~dynamickv.heads.HeadBudgets`); ``head_floor``: Ada-KV's safeguard, 0.2.
     """
@@ -35,6 +38,7 @@ class SnapKV(HeadBudgets, Method):
     window: int = 32
     kernel: int = 7
     pooling: Pooling = "max"
+    quiet_sinks: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -44,6 +48,8 @@ class SnapKV(HeadBudgets, Method):
             )
         if self.kernel < 1:
             raise BudgetError(f"{self.name}: kernel must be >= 1, got {self.kernel}")
+        if self.quiet_sinks < 0:
+            raise BudgetError(f"{self.name}: quiet_sinks must be >= 0, got {self.quiet_sinks}")
 
     def score(self, obs: Observation) -> torch.Tensor:
-        return obs.scores(self.window, kernel=self.kernel, pooling=self.pooling)
+        return obs.scores(self.window, kernel=self.kernel, pooling=self.pooling, quiet_sinks=self.quiet_sinks)
