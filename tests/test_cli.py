@@ -26,9 +26,9 @@ def test_methods_lists_every_method():
     assert out.returncode == 0
     names = [line.split()[0] for line in out.stdout.splitlines()]
     assert names == list(METHODS)
-    assert {"fullkv", "snapkv-forward", "dynamickv", "dynamickv-robust", "windowkv", "adakv"} <= set(names)
+    assert {"fullkv", "snapkv-decay", "dynamickv", "dynamickv-robust", "windowkv", "adakv"} <= set(names)
     assert [line.split()[0] for line in out.stdout.splitlines() if "(recommended)" in line] == [
-        "snapkv-forward"
+        "snapkv-decay"
     ]
 
 

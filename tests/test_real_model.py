@@ -15,7 +15,7 @@ def test_recommended_finds_the_needle_uniform_snapkv_misses_at_128(smollm2):
     context, question, answer = needle_prompt(tok, 2000)
     full = answer_report(model, tok, context, question, "fullkv", 128, 24)
     assert answer in full["answer"]  # the reference finds it
-    # the recommended method: uniform budgets, forward pooling
+    # the recommended method: uniform budgets, decay pooling with quiet sinks
     r = answer_report(model, tok, context, question, RECOMMENDED, 128, 24)
     assert 1900 < r["prompt_tokens"] < 2300
     assert answer in r["answer"], r["answer"]

@@ -1,28 +1,30 @@
-"""The recommended method, ``snapkv-forward``: the configuration the quality tables measured, uniform
-budgets, and forward pooling's continuation."""
+"""``snapkv-forward`` (the recommendation before ``snapkv-decay``): the configuration the allocation
+screen measured, uniform budgets, forward pooling's continuation; and the lending poolings."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dynamickv.methods import RECOMMENDED, get_method
+from dynamickv.methods import get_method
 from dynamickv.scoring import Observation, pool_scores
 from test_methods_reference import make_obs, run_method
 
-
-def test_it_is_the_recommended_method():
-    assert RECOMMENDED == "snapkv-forward"
+MEASURED = [
+    ("snapkv-forward", "snapkv:window=8;pooling=forward;kernel=12"),
+    ("snapkv-decay", "snapkv:window=8;pooling=decay;kernel=12;quiet_sinks=4"),
+]
 
 
 @pytest.mark.parametrize("budget", [24, 64, 130])
-def test_keeps_exactly_the_tokens_of_the_measured_snapkv_spec(budget):
-    """docs/evaluation.md measured ``snapkv:window=8;pooling=forward;kernel=12``; the named method
-    must be that configuration, token for token, with every layer at exactly B per KV head."""
+@pytest.mark.parametrize(("name", "spec"), MEASURED)
+def test_keeps_exactly_the_tokens_of_the_measured_snapkv_spec(name, spec, budget):
+    """docs/evaluation.md measured these specs; each named method must be its configuration, token
+    for token, with every layer at exactly B per KV head."""
     obs = make_obs(300, 6, queries=8, seed=11)
-    named, _ = run_method(get_method("snapkv-forward"), obs, budget)
-    spec, _ = run_method(get_method("snapkv:window=8;pooling=forward;kernel=12"), obs, budget)
-    for a, b in zip(named, spec, strict=True):
+    named, _ = run_method(get_method(name), obs, budget)
+    measured, _ = run_method(get_method(spec), obs, budget)
+    for a, b in zip(named, measured, strict=True):
         assert torch.equal(a, b)
         assert a.shape[-1] == budget
 

@@ -486,7 +486,7 @@ def compress(
     budget: Budget | int | float | str = 128,
     **params: Any,
 ) -> Compressor:
-    """``with compress(model, "snapkv-forward", 128): model.generate(...)`` — see :class:`Compressor`.
+    """``with compress(model, "snapkv-decay", 128): model.generate(...)`` — see :class:`Compressor`.
 
     The default method is :data:`dynamickv.methods.RECOMMENDED`; pass ``"dynamickv"`` for the paper's
     algorithm as its authors released it."""

@@ -441,7 +441,7 @@ def _sync(device: torch.device) -> None:
 def serve(
     model: torch.nn.Module,
     prompts: Sequence[torch.Tensor],
-    method: str = "snapkv-forward",  # methods.RECOMMENDED
+    method: str = "snapkv-decay",  # methods.RECOMMENDED
     budget: Any = 128,
     *,
     rows: int = 8,

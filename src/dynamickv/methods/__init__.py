@@ -17,6 +17,7 @@ from .fullkv import FullKV
 from .h2o import H2O
 from .pyramidkv import PyramidKV
 from .snapkv import SnapKV
+from .snapkv_decay import DecaySnapKV
 from .snapkv_forward import ForwardSnapKV
 from .streamingllm import StreamingLLM
 from .windowkv import WindowKV
@@ -29,6 +30,7 @@ METHODS: dict[str, type[Method]] = {
         H2O,
         SnapKV,
         ForwardSnapKV,
+        DecaySnapKV,
         PyramidKV,
         DynamicKV,
         RobustDynamicKV,
@@ -40,9 +42,11 @@ METHODS: dict[str, type[Method]] = {
 #: The method to use when you have no reason to pick another: the best method on both real models
 #: under the papers' protocol (docs/evaluation.md). Until 2026-11-29 it was ``dynamickv-robust``; the
 #: allocation screen then found no layer-adaptive allocation ahead of uniform budgets with the same
-#: scoring, and uniform budgets prefill faster. ``dynamickv`` stays the paper's algorithm, for
-#: reproducing it, and ``dynamickv-robust`` the best layer-adaptive variant.
-RECOMMENDED = ForwardSnapKV.name
+#: scoring, and uniform budgets prefill faster, so it became ``snapkv-forward``; the third screen the
+#: same day found ``decay`` pooling with quiet sinks level or ahead of it on every set, hence
+#: ``snapkv-decay``. ``dynamickv`` stays the paper's algorithm, for reproducing it, and
+#: ``dynamickv-robust`` the best layer-adaptive variant.
+RECOMMENDED = DecaySnapKV.name
 
 
 def get_method(name: str | Method, **params: Any) -> Method:

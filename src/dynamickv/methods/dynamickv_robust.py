@@ -27,10 +27,11 @@ class RobustDynamicKV(DynamicKV):
       hands most of the budget to the first layers (whose attention is the most spread) and starves
       the middle layers that copy the answer; the floor (the authors' unused ``radio_min``) bounds that.
 
-    Measured against uniform budgets with the same scoring (``snapkv-forward``, the recommended method
-    since 2026-11-29): behind at B = 64 over seven RULER sets of both real models (21 samples ahead, 41
-    behind), level within noise at 128 and 256 (``docs/evaluation.md``, the allocation screen). It is
-    the best layer-adaptive variant we have, not the best method.
+    Measured against uniform budgets with the same scoring (``snapkv-forward``): behind at B = 64 over
+    seven RULER sets of both real models (21 samples ahead, 41 behind), level within noise at 128 and
+    256 (``docs/evaluation.md``, the allocation screen). With ``decay`` pooling and quiet sinks its
+    allocation also trails uniform budgets with the same scoring (the third screen). It is the best
+    layer-adaptive variant we have, not the best method: that is ``snapkv-decay``.
 
     Attributes: as :class:`DynamicKV`; defaults ``pooling="forward"``, ``kernel=12``, ``min_ratio=0.5``.
     """

@@ -13,7 +13,9 @@ class ForwardSnapKV(SnapKV):
     """SnapKV's uniform per-layer budgets with forward pooling (k=12) and an 8-token window.
 
     Not a paper's method: this library's variant of SnapKV (Li et al. 2024, arXiv 2404.14469), the
-    recommended method since the allocation screen of 2026-11-29 (``docs/evaluation.md``).
+    recommended method after the allocation screen of 2026-11-29 until ``snapkv-decay``
+    (:class:`~dynamickv.methods.snapkv_decay.DecaySnapKV`) replaced it the same day
+    (``docs/evaluation.md``); kept because the allocation screen's tables measured it.
 
     Why forward pooling (``docs/diagnosis.md``): the question's attention falls on the *start* of what
     the model will copy (the first digits of a 7-digit needle). Centred pooling keeps that start and
