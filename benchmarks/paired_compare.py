@@ -1,6 +1,7 @@
 """Paired comparison of two configurations of the same evaluation runs, sample by sample.
 
-    python benchmarks/paired_compare.py RUN [RUN ...] --a SPEC --b SPEC [--out FILE.json]
+    python benchmarks/paired_compare.py RUN [RUN ...] --a SPEC --b SPEC [--out FILE.json] [--plot FILE.png]
+    python benchmarks/paired_compare.py --from-json FILE.json --plot FILE.png   # redraw a saved comparison
 
 Why: two methods scored on the same samples differ on few of them, and a difference of averages
 says nothing about whether it is more than those few answers. For each run and budget this reports
@@ -66,13 +67,67 @@ def compare(run: Path, a: str, b: str, seed: int = 0) -> list[dict]:
     return rows
 
 
+def plot(rows: list[dict], a: str, b: str, path: Path) -> Path:
+    """A forest plot: one line per run and budget, the difference A - B with its 95% interval, so
+    which sets are clearly ahead, level or behind is seen at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budgets = sorted({str(r["budget"]) for r in rows}, key=lambda x: int(x) if x.isdigit() else 0)
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(runs) * len(budgets) + 1.4))
+    y, ticks, labels = 0, [], []
+    colors = dict(
+        zip(budgets, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"), strict=False)
+    )
+    for run in runs:
+        for budget in budgets:
+            row = next((r for r in rows if r["run"] == run and str(r["budget"]) == budget), None)
+            if row is None:
+                continue
+            lo, hi = row["ci95"]
+            ax.errorbar(
+                row["a_minus_b"],
+                y,
+                xerr=[[row["a_minus_b"] - lo], [hi - row["a_minus_b"]]],
+                fmt="o",
+                color=colors.get(budget, "black"),
+                capsize=3,
+            )
+            ticks.append(y)
+            labels.append(f"{run}  B={budget}  ({row['a_higher']} / {row['a_lower']})")
+            y -= 1
+        y -= 0.5
+    ax.axvline(0, color="grey", lw=1)
+    ax.set_yticks(ticks, labels, fontsize=8)
+    ax.set_xlabel("A - B, task-averaged (95% bootstrap interval); (samples A ahead / behind)", fontsize=8)
+    ax.set_title(f"A = {a}\nB = {b}", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", type=Path, nargs="+")
-    ap.add_argument("--a", required=True, help="method spec as in predictions.jsonl")
-    ap.add_argument("--b", required=True)
+    ap.add_argument("runs", type=Path, nargs="*")
+    ap.add_argument("--a", help="method spec as in predictions.jsonl")
+    ap.add_argument("--b")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--plot", type=Path, help="draw the comparison as a forest plot (PNG)")
+    ap.add_argument("--from-json", type=Path, help="a saved comparison (--out) to draw instead of runs")
     args = ap.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        if not args.plot:
+            ap.error("--from-json needs --plot")
+        print(plot(saved["rows"], saved["a"], saved["b"], args.plot))
+        return
+    if not args.runs or not args.a or not args.b:
+        ap.error("give one or more runs with --a and --b, or --from-json")
     rows = [r for run in args.runs for r in compare(run, args.a, args.b)]
     print(f"A = {args.a}\nB = {args.b}\n")
     print("| run | B | samples | A - B | 95% interval | A higher / lower |")
@@ -85,6 +140,8 @@ def main() -> None:
         )
     if args.out:
         args.out.write_text(json.dumps({"a": args.a, "b": args.b, "draws": DRAWS, "rows": rows}, indent=1))
+    if args.plot:
+        print(plot(rows, args.a, args.b, args.plot))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from .cache import cache_kwarg, output_cache
 from .decode_step import FusedStep, check_attention, grouped_attention, write_slot
 from .errors import InputError, UnsupportedModelError
+from .methods import RECOMMENDED
 from .sliding import check_static_window
 
 _ALIGN = 16
@@ -441,7 +442,7 @@ def _sync(device: torch.device) -> None:
 def serve(
     model: torch.nn.Module,
     prompts: Sequence[torch.Tensor],
-    method: str = "snapkv-decay",  # methods.RECOMMENDED
+    method: str = RECOMMENDED,
     budget: Any = 128,
     *,
     rows: int = 8,
