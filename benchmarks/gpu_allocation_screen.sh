@@ -38,7 +38,6 @@ if [ "${DRY:-0}" = 1 ]; then
   QWEN=$SMOL QLEN=4096 SAMPLES_SMOL=1 SAMPLES_QWEN=1 CONFIRM_SMOL=1 CONFIRM_QWEN=1 NIAH_LENGTHS=1024 BUDGETS=64
 fi
 export BUDGETS
-resume() { [ -f "$RUNS/$1/config.json" ] && echo --resume; }
 METHODS="$CANDIDATES,$UNIFORM"
 export METHODS
 step ${P}screen_smol $ES evaluate ${P}screen_smol "$SMOL" ruler 4096 --samples "$SAMPLES_SMOL" --seed 4004 $(resume ${P}screen_smol)

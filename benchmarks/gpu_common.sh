@@ -70,5 +70,7 @@ attention() { # out, model, length
     --methods "snapkv,pyramidkv,dynamickv,dynamickv:pooling=forward;kernel=12;min_ratio=0.5,snapkv:window=8;pooling=forward;kernel=12"
 }
 
+resume() { [ -f "$RUNS/$1/config.json" ] && echo --resume; } # a step's --resume, once its run exists
+
 export -f evaluate peer attention
 export RUNS NPROC DEVICE DTYPE

@@ -13,7 +13,6 @@ METHODS="snapkv-decay,snapkv-forward,dynamickv-robust,dynamickv,snapkv"
 PRESSES="kvpress-snapkv,kvpress-pyramidkv:w8k7"
 SAMPLES_SMOL=8 SAMPLES_QWEN=6
 if [ "${DRY:-0}" = 1 ]; then QWEN=$SMOL QLEN=4096 SAMPLES_SMOL=1 SAMPLES_QWEN=1 BUDGETS=128; fi
-resume() { [ -f "$RUNS/$1/config.json" ] && echo --resume; }
 export METHODS BUDGETS PRESSES
 step rec_qwen 120 evaluate rec_qwen "$QWEN" ruler "$QLEN" --samples "$SAMPLES_QWEN" --seed 2002 $(resume rec_qwen)
 step rec_smol 100 evaluate rec_smol "$SMOL" ruler 4096 --samples "$SAMPLES_SMOL" --seed 2002 $(resume rec_smol)

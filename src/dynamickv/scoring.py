@@ -74,6 +74,13 @@ def pool_scores(
     return out[..., : shape[-1]].reshape(shape)
 
 
+def first_real(valid: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+    """``[batch]`` long: each row's first real token, i.e. its left padding (0 without padding)."""
+    if valid is None:
+        return torch.zeros(batch, dtype=torch.long, device=device)
+    return (~valid).sum(dim=1).to(device)
+
+
 def stable_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(values, indices)`` of the ``k`` largest entries along the last dim, ties to the lower index.
 
@@ -202,9 +209,6 @@ class Observation:
     def _sink_mask(self, sinks: int, length: int, per_kv_head: bool) -> torch.Tensor:
         """``[b, (1,) length]`` bool: the first ``sinks`` real tokens of each row (after left padding)."""
         pos = torch.arange(length, device=self.keys.device).view(1, length)
-        if self.valid is None:
-            mask = (pos < sinks).expand(self.batch, length)
-        else:
-            first = self.valid.float().argmax(dim=-1, keepdim=True)  # first real token of each row
-            mask = (pos >= first) & (pos < first + sinks)
+        first = first_real(self.valid, self.batch, self.keys.device).view(-1, 1)
+        mask = (pos >= first) & (pos < first + sinks)
         return mask.unsqueeze(1) if per_kv_head else mask

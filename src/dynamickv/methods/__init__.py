@@ -241,6 +241,7 @@ __all__ = [
     "METHODS",
     "RECOMMENDED",
     "AdaKV",
+    "DecaySnapKV",
     "DynamicKV",
     "ForwardSnapKV",
     "FullKV",

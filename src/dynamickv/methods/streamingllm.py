@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import BudgetError
-from ..scoring import Observation
+from ..scoring import Observation, first_real
 from ..selection import Selection, compose
 from .base import KeepOp, Method, keep_all_needed, row_counts
 
@@ -47,9 +47,7 @@ class StreamingLLM(Method):
             return [(layer, None)]
         n, b, device = info.n, obs.batch, obs.keys.device
         ks, sinks = row_counts(info, budget, self.sinks, b)  # per row: kept, sinks among them
-        first = torch.zeros(b, dtype=torch.long, device=device)
-        if info.valid is not None:
-            first = (~info.valid).sum(dim=1).to(device)  # left padding: first real token of each row
+        first = first_real(info.valid, b, device)
         width = max(sinks)
         counts = torch.tensor(sinks, dtype=torch.long, device=device).view(b, 1)
         sink = first.view(-1, 1) + torch.arange(width, device=device).view(1, -1)
