@@ -102,6 +102,8 @@ def test_every_parameter_of_every_method_is_settable_in_a_spec(model):
         "sink": "2",
         "quiet_sinks": "2",
         "rows": "separate",
+        "tau1": "0.5",
+        "tau2": "2",
     }
     from dataclasses import fields
 

@@ -12,6 +12,7 @@ from ..errors import BudgetError, UnknownMethodError
 from .adakv import AdaKV
 from .base import KeepOp, Method, PrefillInfo
 from .dynamickv import DynamicKV
+from .dynamickv_preference import PreferenceDynamicKV
 from .dynamickv_robust import RobustDynamicKV
 from .fullkv import FullKV
 from .h2o import H2O
@@ -34,6 +35,7 @@ METHODS: dict[str, type[Method]] = {
         PyramidKV,
         DynamicKV,
         RobustDynamicKV,
+        PreferenceDynamicKV,
         WindowKV,
         AdaKV,
     )
@@ -44,8 +46,10 @@ METHODS: dict[str, type[Method]] = {
 #: allocation screen then found no layer-adaptive allocation ahead of uniform budgets with the same
 #: scoring, and uniform budgets prefill faster, so it became ``snapkv-forward``; the third screen the
 #: same day found ``decay`` pooling with quiet sinks level or ahead of it on every set, hence
-#: ``snapkv-decay``. ``dynamickv`` stays the paper's algorithm, for reproducing it, and
-#: ``dynamickv-robust`` the best layer-adaptive variant.
+#: ``snapkv-decay``. ``dynamickv`` stays the paper's algorithm, for reproducing it. The fourth and
+#: fifth screens (2026-11-30) found ``dynamickv-preference`` ahead of it on Qwen2.5-Coder and level on
+#: SmolLM2, with cells below it there, so by the same worst-case rule it is not the recommendation;
+#: it is the best layer-adaptive variant.
 RECOMMENDED = DecaySnapKV.name
 
 
@@ -247,6 +251,7 @@ __all__ = [
     "FullKV",
     "KeepOp",
     "Method",
+    "PreferenceDynamicKV",
     "PrefillInfo",
     "PyramidKV",
     "RobustDynamicKV",

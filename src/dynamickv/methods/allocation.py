@@ -1,8 +1,8 @@
 """Layer-budget arithmetic shared by the layer-adaptive methods (DynamicKV and its robust variant).
 
 Kept apart from the methods so that each rule can be read, and tested, on its own: the rule the
-DynamicKV authors released, the exact-sum rule this project uses otherwise, and the score
-normalisation that makes layers comparable.
+DynamicKV authors released, the exact-sum rule this project uses otherwise, the score
+normalisation that makes layers comparable, and CAKE's layer preference.
 """
 
 from __future__ import annotations
@@ -66,3 +66,24 @@ def normalized_scores(scores: torch.Tensor, sink: int = 0) -> torch.Tensor:
     finite = torch.isfinite(s)
     mass = torch.where(finite, s, torch.zeros_like(s)).sum(dim=-1, keepdim=True).clamp_min(1e-30)
     return torch.where(finite, s / mass, s)
+
+
+def layer_preference(attention: torch.Tensor, window: int, tau1: float = 1.0, tau2: float = 1.0) -> float:
+    """CAKE's layer preference ``P = H^(1/tau1) * V^(1/tau2)`` from one layer's window attention.
+
+    Qin et al., "CAKE: Cascading and Adaptive KV Cache Eviction with Layer Preferences", ICLR 2025
+    (arXiv 2503.12491). ``H`` is the *spatial dispersion*: the entropy ``-sum a log a`` of the last
+    ``window`` queries' attention over the non-window tokens, summed over rows, heads and queries;
+    ``V`` is the *temporal shift*: the variance of that attention over the ``window`` queries, summed
+    over tokens and heads. Why both: a layer whose attention is spread out needs many tokens to keep
+    its mass, and a layer whose attention moves from query to query needs them to keep what later
+    queries (the decoded ones) will look at. Budgets are then proportional to ``P``.
+
+    Args:
+        attention: ``[b, h_kv, group, W, n]`` attention probabilities (:meth:`Observation.attention`).
+        window: the observation window ``w`` (its last ``w`` queries are read; its keys are not).
+    """
+    a = attention[..., -window:, : attention.shape[-1] - window].float()
+    dispersion = -(a * torch.log(a + 1e-10)).sum()
+    shift = a.var(dim=-2).sum() if a.shape[-2] > 1 else a.new_zeros(())
+    return float(dispersion.clamp_min(0) ** (1.0 / tau1) * shift.clamp_min(0) ** (1.0 / tau2))

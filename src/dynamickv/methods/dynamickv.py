@@ -12,10 +12,10 @@ from ..errors import BudgetError
 from ..heads import HeadBudgets, shrink_candidates
 from ..scoring import POOLINGS, Observation, stable_topk
 from ..selection import Selection
-from .allocation import authors_allocation, candidate_allocation, normalized_scores
+from .allocation import authors_allocation, candidate_allocation, layer_preference, normalized_scores
 from .base import KeepOp, Method, PrefillInfo, select_top
 
-Allocation = Literal["authors", "candidates"]
+Allocation = Literal["authors", "candidates", "preference"]
 #: DynamicKV's pooling: the shared ones, or ``"auto"``, the authors' per family (:data:`FAMILY_POOLING`)
 DynamicPooling = Literal["avg", "max", "forward", "decay", "none", "auto"]
 Normalize = Literal["none", "sum"]
@@ -55,6 +55,12 @@ class DynamicKV(HeadBudgets, Method):
     * ``"candidates"``: the top-k runs over the candidates each layer still holds; float shares are
       scaled to ``G`` with water-filling under the held counts and rounded with the largest-remainder
       rule (exact sums, no bias towards the newest layer).
+    * ``"preference"`` (not DynamicKV's rule): the shares are CAKE's layer preferences, entropy times
+      variance of each layer's window attention (:func:`~dynamickv.methods.allocation.layer_preference`,
+      exponents ``1/tau1`` and ``1/tau2``), handed out as in ``"candidates"``. Only the budget rule is
+      CAKE's (Qin et al., ICLR 2025, arXiv 2503.12491); selection is still this method's pooled
+      top-k, and the cascade is DynamicKV's (every ``m`` layers, a layer never grows back).
+      ``normalize`` and ``sink`` do not apply to it.
 
     Fixes to the authors' code, in both modes: window tokens are never duplicated (a share above
     what a layer holds is capped there and the excess goes to the other layers in proportion to their
@@ -87,7 +93,9 @@ class DynamicKV(HeadBudgets, Method):
             (as :class:`~dynamickv.methods.snapkv.SnapKV`; ``sink`` is the allocation's, not pooling's).
         r_max: a layer holds at most ``r_max * (B - w)`` non-window tokens, 10.
         update_every: re-allocation interval ``m`` in layers, 4.
-        allocation: ``"authors"`` or ``"candidates"`` (see above).
+        allocation: ``"authors"``, ``"candidates"`` or ``"preference"`` (see above).
+        tau1, tau2: ``allocation="preference"``'s temperatures for dispersion and shift, 1 and 1
+            (CAKE tunes them per model and budget; 1 and 1, untuned, are what the screens measured).
         min_ratio: per-layer floor as a fraction of ``B - w``, 0.
         min_tokens: per-layer floor in non-window tokens, 0.
         normalize: ``"none"`` or ``"sum"`` (see above).
@@ -119,6 +127,8 @@ class DynamicKV(HeadBudgets, Method):
     normalize: Normalize = "none"
     sink: int = 0
     rows: Rows = "shared"
+    tau1: float = 1.0
+    tau2: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -130,10 +140,13 @@ class DynamicKV(HeadBudgets, Method):
             raise BudgetError(
                 f"{self.name}: pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}"
             )
-        if self.allocation not in ("authors", "candidates"):
+        if self.allocation not in ("authors", "candidates", "preference"):
             raise BudgetError(
-                f"{self.name}: allocation must be 'authors' or 'candidates', got {self.allocation!r}"
+                f"{self.name}: allocation must be 'authors', 'candidates' or 'preference', "
+                f"got {self.allocation!r}"
             )
+        if not (self.tau1 > 0 and self.tau2 > 0):
+            raise BudgetError(f"{self.name}: tau1 and tau2 must be > 0, got {self.tau1} and {self.tau2}")
         if self.normalize not in ("none", "sum"):
             raise BudgetError(f"{self.name}: normalize must be 'none' or 'sum', got {self.normalize!r}")
         if not 0.0 <= self.min_ratio <= 1.0:
@@ -162,6 +175,7 @@ class DynamicKV(HeadBudgets, Method):
         self._cand: list[torch.Tensor] = []
         self._counted: list[torch.Tensor] = []
         self._kept: list[int] = []
+        self._preference: list[float] = []  # allocation="preference": CAKE's P per layer
 
     def score(self, obs: Observation) -> torch.Tensor:
         return obs.scores(
@@ -185,6 +199,8 @@ class DynamicKV(HeadBudgets, Method):
         self._cand.append(values.gather(-1, order))
         self._counted.append(counted if self.allocation == "authors" else counted.gather(-1, pos))
         self._kept.append(self._bs)
+        if self.allocation == "preference":
+            self._preference.append(layer_preference(obs.attention(), self.window, self.tau1, self.tau2))
         win = torch.arange(info.n - self.window, info.n, device=pos.device).expand(
             *pos.shape[:2], self.window
         )
@@ -216,10 +232,15 @@ class DynamicKV(HeadBudgets, Method):
         """Re-distribute the global budget over layers ``0..layer`` and shrink them."""
         n_layers = layer + 1
         b, h = self._cand[0].shape[:2]
-        counts = self._layer_counts(n_layers)
         total = self._base * info.num_layers - self._floor * n_layers  # what is shared by attention
         caps = torch.tensor(self._kept, dtype=torch.long) - self._floor
-        if self.allocation == "authors":
+        if self.allocation == "preference":
+            shares = torch.tensor(self._preference, dtype=torch.float64)
+            if not float(shares.sum()) > 0:  # no dispersion or no shift anywhere: equal shares
+                shares = torch.ones(n_layers, dtype=torch.float64)
+            alloc = candidate_allocation(shares, total, caps)
+        elif self.allocation == "authors":
+            counts = self._layer_counts(n_layers)
             per_row = torch.div(counts, b, rounding_mode="floor")
             target = self._base * h if layer == info.num_layers - 1 else None
             alloc = authors_allocation(per_row, n_layers, self._bs - self._floor, total, target)
@@ -227,6 +248,7 @@ class DynamicKV(HeadBudgets, Method):
             # share above what a layer holds goes to the others in proportion, so budgets add up
             alloc = candidate_allocation(alloc.double(), int(alloc.sum()), caps)
         else:
+            counts = self._layer_counts(n_layers)
             alloc = candidate_allocation(counts.double() / (h * b), total, caps)
         alloc = alloc + self._floor
         ops: list[KeepOp] = []

@@ -31,7 +31,8 @@ class RobustDynamicKV(DynamicKV):
     seven RULER sets of both real models (21 samples ahead, 41 behind), level within noise at 128 and
     256 (``docs/evaluation.md``, the allocation screen). With ``decay`` pooling and quiet sinks its
     allocation also trails uniform budgets with the same scoring (the third screen). It is the best
-    layer-adaptive variant we have, not the best method: that is ``snapkv-decay``.
+    layer-adaptive variant of that day, not the best method: that is ``snapkv-decay``. Since the
+    fourth screen (2026-11-30) the best layer-adaptive variant is ``dynamickv-preference``.
 
     Attributes: as :class:`DynamicKV`; defaults ``pooling="forward"``, ``kernel=12``, ``min_ratio=0.5``.
     """
