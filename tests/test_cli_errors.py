@@ -199,6 +199,7 @@ def test_resume_refuses_other_weights_at_the_same_path(capsys, tmp_path):
     args += ["--max-input-tokens", "180", "--max-new-tokens", "4"]
     code, _, err = call(capsys, *args)
     assert code == 0, err
+    assert "Loading weights" not in err  # --no-progress silences transformers' bar too
     recorded = json.loads((out / runner.CONFIG_FILE).read_text())["model_fingerprint"]
     assert recorded and not (out / runlock.LOCK_FILE).read_text()  # the lock is released, no pid left
     code, _, err = call(capsys, *args, "--resume")  # the same weights: resumes (nothing left to do)

@@ -277,7 +277,9 @@ def eval_command(
     device = distributed.shard_device(device, shard)
     t0 = time.perf_counter()
     with distributed.main_first(shard):  # rank 0 fills the model and RULER caches, the others reuse them
-        mdl, tok = load_model(model, dtype=torch_dtype, device=device, attn_implementation=attn)
+        mdl, tok = load_model(
+            model, dtype=torch_dtype, device=device, attn_implementation=attn, progress=progress
+        )
         config.setdefault("model_fingerprint", _fingerprint(model))  # recorded in config.json
         _check_lengths(benchmark, length_list, mdl)
         sample_list = build_samples(
