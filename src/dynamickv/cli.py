@@ -138,7 +138,8 @@ def demo(
     budget: Annotated[str, typer.Option(help="tokens per layer")] = "128",
     context_tokens: Annotated[int, typer.Option(help="approximate haystack length")] = 2000,
     methods_: Annotated[str, typer.Option("--methods", help="comma-separated")] = (
-        "fullkv,snapkv-decay,snapkv-forward,dynamickv-robust,streamingllm,h2o,snapkv,pyramidkv,dynamickv,windowkv"
+        "fullkv,snapkv-decay,snapkv-forward,dynamickv-preference,dynamickv-robust,streamingllm,h2o,snapkv,pyramidkv,"
+        "dynamickv,windowkv"
     ),
 ) -> None:
     """The main job on the embedded model: a needle in a ~2k-token haystack, every method at B (the
