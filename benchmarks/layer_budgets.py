@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from provenance import provenance
 
 from dynamickv import compress
 from dynamickv.eval import ruler
@@ -61,15 +60,7 @@ def main() -> None:
                     f"{i} {spec} B={budget}: min {min(kept)} max {max(kept)} mean {sum(kept) / len(kept):.1f} {kept}"
                 )
     if args.out:
-        meta = {
-            "command": "python benchmarks/layer_budgets.py "
-            + " ".join(
-                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out" and v is not None
-            ),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": platform.platform(),
-            "torch": torch.__version__,
-        }
+        meta = provenance("layer_budgets.py", args)
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
         print(f"wrote {args.out}")
 

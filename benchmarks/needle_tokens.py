@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from provenance import provenance
 
 from dynamickv.analysis.retention import needle_spans
 from dynamickv.cache import compressed_layers
@@ -146,10 +145,7 @@ def main() -> None:
         digits = "".join(str(min(9, int(x * 10))) for x in row["per_layer"])
         print(f"{row['method']:<13}{row['budget']:>5}  {digits}")
     result = {
-        "command": "python benchmarks/needle_tokens.py "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        **provenance("needle_tokens.py", args),
         "table": table,
         "rows": rows,
     }

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from provenance import provenance
 
 from dynamickv.scoring import Observation, pool_scores
 
@@ -68,12 +67,8 @@ def main() -> None:
     for name in names:
         print(f"| {name} | " + " | ".join(f"{rows[n][name]:.2f}" for n in lengths) + " |")
     if args.out:
-        machine = f"{platform.machine()} {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}"
         record = {
-            "command": "python benchmarks/pooling_cost.py "
-            f"--lengths {args.lengths} --repeats {args.repeats} --device {args.device} --out {args.out}",
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine,
+            **provenance("pooling_cost.py", args, args.device),
             "ms_per_layer": {str(n): r for n, r in rows.items()},
         }
         args.out.write_text(json.dumps(record, indent=1))

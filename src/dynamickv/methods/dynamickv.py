@@ -189,18 +189,15 @@ class DynamicKV(HeadBudgets, Method):
         if self._uniform:  # the prompt fits the budget: keep it (minus padding), as every method does
             return [(layer, select_top(self.score, obs, info.budget, self.window, info, self.head_alpha()))]
         scores = self.score(obs)
-        counted = normalized_scores(scores, self.sink) if self.normalize == "sum" else scores
-        if self.sink and self.normalize != "sum":
-            counted = counted.clone()
-            counted[..., : self.sink] = float("-inf")
         values, indices = stable_topk(scores, self._bs)
         order = indices.argsort(dim=-1)  # store candidates in prompt order
         pos = indices.gather(-1, order)
         self._cand.append(values.gather(-1, order))
-        self._counted.append(counted if self.allocation == "authors" else counted.gather(-1, pos))
         self._kept.append(self._bs)
-        if self.allocation == "preference":
+        if self.allocation == "preference":  # shares from the attention itself: nothing to count
             self._preference.append(layer_preference(obs.attention(), self.window, self.tau1, self.tau2))
+        else:
+            self._counted.append(self._counted_scores(scores, pos))
         win = torch.arange(info.n - self.window, info.n, device=pos.device).expand(
             *pos.shape[:2], self.window
         )
@@ -209,6 +206,15 @@ class DynamicKV(HeadBudgets, Method):
         if last or (layer + 1) % self.update_every == 0:
             ops += self._reallocate(layer, info)
         return ops
+
+    def _counted_scores(self, scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """What the global top-k counts for this layer: every pooled score (``"authors"``) or the
+        candidates' at ``pos`` (``"candidates"``), normalised and without the sink when asked."""
+        counted = normalized_scores(scores, self.sink) if self.normalize == "sum" else scores
+        if self.sink and self.normalize != "sum":
+            counted = counted.clone()
+            counted[..., : self.sink] = float("-inf")
+        return counted if self.allocation == "authors" else counted.gather(-1, pos)
 
     def _layer_counts(self, n_layers: int) -> torch.Tensor:
         """``[n_layers]``: how many of the global top ``base * n_layers * H_kv`` scores fall in each
