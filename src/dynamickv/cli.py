@@ -139,7 +139,7 @@ def demo(
     context_tokens: Annotated[int, typer.Option(help="approximate haystack length")] = 2000,
     methods_: Annotated[str, typer.Option("--methods", help="comma-separated")] = (
         "fullkv,snapkv-decay,snapkv-forward,dynamickv-preference,dynamickv-robust,streamingllm,h2o,snapkv,pyramidkv,"
-        "dynamickv,windowkv"
+        "dynamickv,windowkv,cake"
     ),
 ) -> None:
     """The main job on the embedded model: a needle in a ~2k-token haystack, every method at B (the

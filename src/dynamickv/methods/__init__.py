@@ -11,6 +11,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 from ..errors import BudgetError, UnknownMethodError
 from .adakv import AdaKV
 from .base import KeepOp, Method, PrefillInfo
+from .cake import CAKE
 from .dynamickv import DynamicKV
 from .dynamickv_preference import PreferenceDynamicKV
 from .dynamickv_robust import RobustDynamicKV
@@ -36,6 +37,7 @@ METHODS: dict[str, type[Method]] = {
         DynamicKV,
         RobustDynamicKV,
         PreferenceDynamicKV,
+        CAKE,
         WindowKV,
         AdaKV,
     )
