@@ -198,7 +198,7 @@ class Observation:
         s = self._window_sum(window)[..., : self.n - window]
         if not per_kv_head:
             s = s.mean(dim=1)
-        quiet = self._sink_mask(quiet_sinks, s.shape[-1], per_kv_head) if quiet_sinks > 0 else None
+        quiet = self.sink_mask(quiet_sinks, s.shape[-1], per_kv_head) if quiet_sinks > 0 else None
         s = pool_scores(s, kernel, pooling, quiet)
         if self.valid is not None:
             v = self.valid[:, : self.n - window]
@@ -206,7 +206,7 @@ class Observation:
             s = s.masked_fill(~v, NEG_INF)
         return s
 
-    def _sink_mask(self, sinks: int, length: int, per_kv_head: bool) -> torch.Tensor:
+    def sink_mask(self, sinks: int, length: int, per_kv_head: bool) -> torch.Tensor:
         """``[b, (1,) length]`` bool: the first ``sinks`` real tokens of each row (after left padding)."""
         pos = torch.arange(length, device=self.keys.device).view(1, length)
         first = first_real(self.valid, self.batch, self.keys.device).view(-1, 1)

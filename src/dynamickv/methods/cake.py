@@ -8,13 +8,13 @@ from typing import ClassVar
 import torch
 
 from ..errors import BudgetError
-from ..scoring import NEG_INF, Observation, pool_scores
+from ..scoring import NEG_INF, Observation, Pooling, pool_scores
 from .base import PrefillInfo
 from .dynamickv import Allocation, DynamicKV, DynamicPooling
 
 
 def indicator_scores(
-    obs: Observation, window: int, gamma: float, kernel: int, pooling: str, quiet_sinks: int = 0
+    obs: Observation, window: int, gamma: float, kernel: int, pooling: Pooling, quiet_sinks: int = 0
 ) -> torch.Tensor:
     """CAKE's eviction indicator of the non-window tokens, ``[b, h_kv, n - window]``.
 
@@ -26,9 +26,11 @@ def indicator_scores(
     """
     a = obs.attention()[..., -window:, : obs.n - window]  # [b, h_kv, group, w, m]
     spread = a.var(dim=-2) if a.shape[-2] > 1 else torch.zeros_like(a[..., 0, :])
-    s = (a.mean(dim=-2) + gamma * spread).mean(dim=2)  # pooling is linear: order with the mean is free
-    quiet = obs._sink_mask(quiet_sinks, s.shape[-1], True) if quiet_sinks > 0 else None
-    s = pool_scores(s, kernel, pooling, quiet)  # type: ignore[arg-type]
+    # the authors pool each query head, then average; with their average pooling the order does not
+    # matter, and for the other poolings the heads are averaged first, as every method here does
+    s = (a.mean(dim=-2) + gamma * spread).mean(dim=2)
+    quiet = obs.sink_mask(quiet_sinks, s.shape[-1], True) if quiet_sinks > 0 else None
+    s = pool_scores(s, kernel, pooling, quiet)
     if obs.valid is not None:
         s = s.masked_fill(~obs.valid[:, : obs.n - window].unsqueeze(1), NEG_INF)
     return s
