@@ -64,6 +64,7 @@ def main() -> None:
     ap.add_argument("--task", default="niah_single_1")
     ap.add_argument("--length", type=int, default=4096)
     ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=42, help="RULER seed (as `dynamickv eval --seed`)")
     ap.add_argument("--budgets", default="128,256,512")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--predictions", default=None, help="an eval run's predictions.jsonl to join")
@@ -72,7 +73,7 @@ def main() -> None:
     args = ap.parse_args()
 
     model, tok = load_model(args.model)
-    samples = ruler.generate(args.task, tok, args.length, args.samples)
+    samples = ruler.generate(args.task, tok, args.length, args.samples, seed=args.seed)
     for s in samples:  # the ids `dynamickv eval ruler` writes
         s.meta["uid"] = f"{args.task}/{args.length}/{s.index}"
     budgets = [int(b) for b in args.budgets.split(",")]
