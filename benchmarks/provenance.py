@@ -1,13 +1,14 @@
 """Where a benchmark result came from: the command that made it, the date and the machine.
 
 Shared by the benchmark scripts that write JSON (``needle_tokens.py``, ``pooling_cost.py``,
-``layer_budgets.py``), so every committed result records them the same way.
+``layer_budgets.py``, ``selection_cost.py``), so every committed result records them the same way.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import shlex
 from datetime import datetime, timezone
 
 import torch
@@ -15,7 +16,9 @@ import torch
 
 def provenance(script: str, args: argparse.Namespace, device: str = "cpu") -> dict[str, str]:
     """``command`` (the script with every option given or defaulted), ``date`` (UTC) and ``machine``."""
-    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)
+    options = " ".join(
+        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items() if v is not None
+    )
     return {
         "command": f"python benchmarks/{script} {options}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
