@@ -15,14 +15,14 @@ import torch.nn.functional as F
 
 from dynamickv.errors import BudgetError
 from dynamickv.methods import get_method
+from dynamickv.methods.cake import indicator_scores
+from dynamickv.scoring import Observation
 from test_methods_reference import run_method
 
 W = 32
 
 
 def _layers(n: int = 400, scales=(0.3, 1.0, 3.0, 0.6, 1.5, 0.8), group: int = 2, seed: int = 11):
-    from dynamickv.scoring import Observation
-
     g = torch.Generator().manual_seed(seed)
     out = []
     for layer, scale in enumerate(scales):
@@ -97,8 +97,6 @@ def _authors_prefill(layers, budget: int) -> tuple[list[int], list[torch.Tensor]
 
 
 def test_the_ranking_is_the_authors_hh_score():
-    from dynamickv.methods.cake import indicator_scores
-
     for obs in _layers():
         ours = indicator_scores(obs, W, 200.0, 5, "avg")
         _, theirs = _authors_scores(obs)
@@ -140,8 +138,6 @@ def test_the_cascade_ends_where_the_one_shot_allocation_does():
 
 
 def test_gamma_zero_ranks_by_the_mean_alone():
-    from dynamickv.methods.cake import indicator_scores
-
     obs = _layers()[2]
     mean = obs.attention()[..., -W:, : obs.n - W].mean(dim=-2).mean(dim=2)
     expect = F.avg_pool1d(mean, kernel_size=5, padding=2, stride=1)

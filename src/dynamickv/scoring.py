@@ -198,10 +198,19 @@ class Observation:
         s = self._window_sum(window)[..., : self.n - window]
         if not per_kv_head:
             s = s.mean(dim=1)
+        return self.pooled(s, kernel=kernel, pooling=pooling, quiet_sinks=quiet_sinks)
+
+    def pooled(
+        self, s: torch.Tensor, *, kernel: int = 1, pooling: Pooling = "none", quiet_sinks: int = 0
+    ) -> torch.Tensor:
+        """Per-token scores ``s`` (``[b, h_kv, m]`` or ``[b, m]``, the first ``m`` prompt tokens)
+        pooled along positions, with quiet sinks, and ``-inf`` at padding: what every ranking does
+        after its own statistic (:meth:`scores`; CAKE's mean + variance)."""
+        per_kv_head = s.dim() == 3
         quiet = self.sink_mask(quiet_sinks, s.shape[-1], per_kv_head) if quiet_sinks > 0 else None
         s = pool_scores(s, kernel, pooling, quiet)
         if self.valid is not None:
-            v = self.valid[:, : self.n - window]
+            v = self.valid[:, : s.shape[-1]]
             v = v.unsqueeze(1) if per_kv_head else v
             s = s.masked_fill(~v, NEG_INF)
         return s

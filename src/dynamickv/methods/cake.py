@@ -8,8 +8,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import BudgetError
-from ..scoring import NEG_INF, Observation, Pooling, pool_scores
-from .base import PrefillInfo
+from ..scoring import Observation, Pooling
 from .dynamickv import Allocation, DynamicKV, DynamicPooling
 
 
@@ -29,11 +28,7 @@ def indicator_scores(
     # the authors pool each query head, then average; with their average pooling the order does not
     # matter, and for the other poolings the heads are averaged first, as every method here does
     s = (a.mean(dim=-2) + gamma * spread).mean(dim=2)
-    quiet = obs.sink_mask(quiet_sinks, s.shape[-1], True) if quiet_sinks > 0 else None
-    s = pool_scores(s, kernel, pooling, quiet)
-    if obs.valid is not None:
-        s = s.masked_fill(~obs.valid[:, : obs.n - window].unsqueeze(1), NEG_INF)
-    return s
+    return obs.pooled(s, kernel=kernel, pooling=pooling, quiet_sinks=quiet_sinks)
 
 
 @dataclass
@@ -85,6 +80,7 @@ class CAKE(DynamicKV):
     name = "cake"
     #: CAKE's budgets are its preference shares alone: no candidate cap, counting or normalisation
     unused: ClassVar[frozenset[str]] = frozenset({"allocation", "r_max", "normalize", "sink"})
+    capped = False  # CAKE caps nothing before the shares are known
     summary = "layer budgets from attention preference (entropy x variance), cascaded; mean+var ranking"
     paper = "Qin et al. 2025, CAKE: Cascading and Adaptive KV Cache Eviction with Layer Preferences (arXiv 2503.12491)"
 
@@ -101,11 +97,6 @@ class CAKE(DynamicKV):
             raise BudgetError(f"{self.name}: pooling='auto' is DynamicKV's per-family choice, not CAKE's")
         if self.gamma < 0:
             raise BudgetError(f"{self.name}: gamma must be >= 0, got {self.gamma}")
-
-    def begin(self, info: PrefillInfo) -> None:
-        super().begin(info)
-        if self._row_methods is None:  # CAKE caps nothing before the shares are known
-            self._bs = int(info.n_eff - self.window)
 
     def score(self, obs: Observation) -> torch.Tensor:
         return indicator_scores(obs, self.window, self.gamma, self.kernel, self._pooling, self.quiet_sinks)

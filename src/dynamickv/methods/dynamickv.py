@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -112,6 +112,9 @@ class DynamicKV(HeadBudgets, Method):
     """
 
     name = "dynamickv"
+    #: candidates per layer capped at ``r_max * (B - w)`` (DynamicKV); False: a layer holds its whole
+    #: prompt until its first re-allocation (CAKE, whose cascade runs after every layer)
+    capped: ClassVar[bool] = True
     summary = "layer-adaptive budgets from the model's attention, re-allocated every m=4 layers"
     paper = "Zhou et al. 2025, DynamicKV: Task-Aware Adaptive KV Cache Compression (arXiv 2412.14838)"
 
@@ -168,7 +171,8 @@ class DynamicKV(HeadBudgets, Method):
         self._pooling = family_pooling(info.model_type) if self.pooling == "auto" else self.pooling
         self._base = info.budget - self.window
         self._uniform = info.n_eff <= info.budget
-        self._bs = int(min(self.r_max * self._base, info.n_eff - self.window))
+        cap = self.r_max * self._base if self.capped else float("inf")
+        self._bs = int(min(cap, info.n_eff - self.window))
         self._floor = min(max(int(self.min_ratio * self._base), self.min_tokens), self._base, self._bs)
         # per layer, aligned with the layer's cache order: the candidates' selection scores, and the
         # scores the allocation counts (all pooled scores for "authors", the candidates' otherwise)
