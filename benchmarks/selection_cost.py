@@ -1,7 +1,9 @@
 """Token selection of a whole prefill, per method, without the model: what each cascade costs.
 
     python benchmarks/selection_cost.py --lengths 8192,32768 --repeats 2 --out docs/results/selection_cost.json \
-        --methods "snapkv-decay,dynamickv-preference,cake,cake:update_every=4,cake:update_every=32,snapkv:window=32;pooling=avg;kernel=5"
+        --methods "snapkv-decay,dynamickv-preference,cake,cake:update_every=4,snapkv:window=32;pooling=avg;kernel=5"
+    python benchmarks/selection_cost.py --lengths 8192 --methods cake:update_every=32 \
+        --out docs/results/selection_cost_once.json   # at 32k every layer's whole prompt exceeds 24 GiB
 
 Why: ``cake`` re-allocates after every layer (CAKE's cascade), holds a layer's whole prompt until
 its share is known, and reads 32 window queries with their mean and variance, where
@@ -10,43 +12,48 @@ its share is known, and reads 32 window queries with their mean and variance, wh
 ``0..l`` again, so the cascade's work could grow with the square of the depth; ``cake:update_every=4``
 and ``cake:update_every=32`` tell whether it does. This feeds a Llama-3.1-8B shape (32 layers,
 32 query heads, 8 KV heads, head dim 128) of random queries and keys through each method's
-``compress`` as the compressor does (every layer's observation, then every keep operation applied
-to the positions that layer holds) and times the whole prefill's selection: scores, pooling,
-top-k, shares and cuts. The model's forward pass and the K/V gathers are not included.
+``compress`` through the harness's replay path (every layer's observation, then every keep
+operation applied to the cache) and times the whole prefill's selection: scores, pooling, top-k,
+shares, cuts and K/V gathers. The model's forward pass is not included.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
 from provenance import provenance
+from transformers import DynamicCache
 
-from dynamickv.methods import get_method
-from dynamickv.methods.base import PrefillInfo
+from dynamickv.methods import PrefillInfo, get_method
+from dynamickv.replay import PrefillRecord, derive_cache
 from dynamickv.scoring import Observation
 
 LAYERS, HEADS, KV_HEADS, DIM = 32, 32, 8, 128
 
 
-def select_all(method_spec: str, keys: torch.Tensor, queries: list[torch.Tensor], budget: int) -> dict:
-    """One prefill's selection; returns the seconds and the tokens each layer keeps."""
+def select_all(spec: str, keys: torch.Tensor, queries: list[torch.Tensor], budget: int) -> dict:
+    """One prefill's selection through :func:`dynamickv.replay.derive_cache`, the path the evaluation
+    harness takes: every layer's observation, then every keep operation applied to the cache (the
+    K/V gathers included). Each call gets a fresh record whose observations hold exactly the
+    method's window queries, so no attention computed for another method or window is reused."""
     n = keys.shape[-2]
-    method = get_method(method_spec)
-    info = PrefillInfo(n=n, n_eff=n, num_layers=LAYERS, budget=budget, valid=None)
-    start = time.perf_counter()
-    method.begin(info)
-    held: dict[int, torch.Tensor] = {}
+    reads = get_method(spec).observation_queries
+    cache = DynamicCache()
     for layer in range(LAYERS):
-        obs = Observation(queries[layer][..., -method.observation_queries :, :], keys, DIM**-0.5, None, layer)
-        for j, index in method.compress(layer, obs):
-            current = held.get(j)
-            held[j] = index if current is None else current.gather(-1, index)
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "kept": [int(held[j].shape[-1]) for j in range(LAYERS)]}
+        cache.update(keys, keys, layer)  # one shared tensor: K/V values do not change the selection
+    observations = {
+        layer: Observation(queries[layer][..., -reads:, :], keys, DIM**-0.5, None, layer)
+        for layer in range(LAYERS)
+    }
+    info = PrefillInfo(n=n, n_eff=n, num_layers=LAYERS, budget=0)
+    record = PrefillRecord(
+        cache, observations, list(range(LAYERS)), info, torch.zeros(1, 1), 0.0, None, None, n
+    )
+    _, stats = derive_cache(record, spec, budget)
+    return {"seconds": stats.selection_seconds, "kept": stats.kept_per_layer}
 
 
 def main() -> None:
