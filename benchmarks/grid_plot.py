@@ -2,6 +2,8 @@
 
     python benchmarks/grid_plot.py docs/results/quality/grid_1130/final_smol \
         docs/results/quality/grid_1130/final_qwen --out docs/results/quality/grid_1130/grid.png
+    Q=docs/results/quality/q15_1130   # two steps on the same prompts share a panel with "+":
+    python benchmarks/grid_plot.py $Q/q15_ruler+$Q/q15_ruler_more $Q/q15_niah --out $Q/grid.png
 
 Reads each run's ``peer_metrics.json`` (written by ``benchmarks/quality_peer.py score``: both
 libraries on the samples every configuration answered) or, without one, the harness's
@@ -45,14 +47,25 @@ def cells(run: Path) -> tuple[str, dict[str, dict[str, float]], int]:
         }
         return f"{m['model']}, {m['benchmark']} ({m['common_samples']} samples)", table, m["common_samples"]
     m = json.loads((run / "metrics.json").read_text())
-    table = {name: dict(by_budget) for name, by_budget in m["scores"][m["benchmark"]].items()}
-    n = m["n"][m["benchmark"]]
+    # the benchmark's average over its tasks (RULER's 13; NIAH's one)
+    table = {name: dict(by_budget) for name, by_budget in m["average"].items()}
+    n = sum(m["n"].values())
     return f"{m['model']}, {m['benchmark']} ({n} samples)", table, n
+
+
+def panel(runs: list[Path]) -> tuple[str, dict[str, dict[str, float]]]:
+    """One panel's title and table: runs joined by ``+`` on the command line are the same prompts
+    answered by more configurations in another step, so their tables merge (the first run's title)."""
+    title, table, _ = cells(runs[0])
+    for run in runs[1:]:
+        _, more, _ = cells(run)
+        table.update({name: v for name, v in more.items() if name not in table})
+    return title, table
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("runs", type=Path, nargs="+")
+    ap.add_argument("runs", nargs="+", help="run folders; A+B puts two runs of the same prompts in one panel")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
@@ -61,14 +74,17 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(args.runs), figsize=(7.5 * len(args.runs), 4.6), squeeze=False)
-    for ax, run in zip(axes[0], args.runs, strict=True):
-        title, table, _ = cells(run)
+    panels = [[Path(p) for p in arg.split("+")] for arg in args.runs]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.6), squeeze=False)
+    for ax, runs in zip(axes[0], panels, strict=True):
+        title, table = panel(runs)
         print(f"== {title}")
         full = table.pop("fullkv", {}).get("full")
         if full is not None:
             ax.axhline(full, color="black", linestyle="--", linewidth=1, label=f"fullkv {full:.1f}")
-        colours = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+        # tab10, then six colours unlike any of it (Dark2 repeats tab10's orange and green)
+        extra_colours = ("black", "#8c6d31", "#393b79", "#e7969c", "#637939", "#7b4173")
+        colours = (*plt.get_cmap("tab10").colors, *extra_colours)
         shown = [n for n in table if n in SHOWN or n.startswith("kvpress")]
         order = sorted(shown, key=lambda n: (n.startswith("kvpress"), SHOWN.index(n) if n in SHOWN else 0, n))
         for name, by_budget in sorted(table.items()):
@@ -80,13 +96,17 @@ def main() -> None:
             peer = name.startswith("kvpress")
             style = {"marker": "s" if peer else "o", "linestyle": ":" if peer else "-"}
             if name in order:
-                colour = colours[order.index(name) % len(colours)]
+                # a method keeps its colour in every panel: the catalog's by their place in SHOWN,
+                # kvpress's presses after them
+                extra = [n for n in order if n not in SHOWN]
+                slot = SHOWN.index(name) if name in SHOWN else len(SHOWN) + extra.index(name)
+                colour = colours[slot % len(colours)]
                 ax.plot(
                     xs,
                     ys,
                     label=name,
                     color=colour,
-                    linewidth=2.2 if order.index(name) < 2 else 1.3,
+                    linewidth=2.2 if name in SHOWN[:2] else 1.3,
                     markersize=7 if peer else 5,
                     **style,
                 )

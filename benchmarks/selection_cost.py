@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -52,8 +53,16 @@ def select_all(spec: str, keys: torch.Tensor, queries: list[torch.Tensor], budge
     record = PrefillRecord(
         cache, observations, list(range(LAYERS)), info, torch.zeros(1, 1), 0.0, None, None, n
     )
+    sync(keys.device)
+    t0 = time.perf_counter()
     _, stats = derive_cache(record, spec, budget)
-    return {"seconds": stats.selection_seconds, "kept": stats.kept_per_layer}
+    sync(keys.device)  # on a GPU the selection is asynchronous: time it to its end
+    return {"seconds": time.perf_counter() - t0, "kept": stats.kept_per_layer}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -62,16 +71,20 @@ def main() -> None:
     ap.add_argument("--methods", default="snapkv-decay,dynamickv-preference,cake")
     ap.add_argument("--budget", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the keys and queries live there)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
+    device = torch.device(args.device)
 
     torch.manual_seed(0)
     rows = []
     print(f"{'method':<24}{'n':>8}{'selection s':>14}{'tokens kept':>14}")
     for n in (int(x) for x in args.lengths.split(",")):
-        keys = torch.randn(1, KV_HEADS, n, DIM)
+        keys = torch.randn(1, KV_HEADS, n, DIM).to(device)
         # one set of queries per layer, so every layer's attention (and its share) differs
-        queries = [torch.randn(1, HEADS, 32, DIM) * (0.5 + layer / LAYERS) for layer in range(LAYERS)]
+        queries = [
+            (torch.randn(1, HEADS, 32, DIM) * (0.5 + layer / LAYERS)).to(device) for layer in range(LAYERS)
+        ]
         for spec in args.methods.split(","):
             runs = [select_all(spec, keys, queries, args.budget) for _ in range(args.repeats)]
             best = min(r["seconds"] for r in runs)
@@ -85,6 +98,7 @@ def main() -> None:
         record = {
             **provenance("selection_cost.py", args),
             "budget": args.budget,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "shape": [LAYERS, HEADS, KV_HEADS, DIM],
             "rows": rows,
         }

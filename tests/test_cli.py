@@ -28,7 +28,7 @@ def test_methods_lists_every_method():
     assert names == list(METHODS)
     assert {"fullkv", "snapkv-decay", "dynamickv", "dynamickv-robust", "windowkv", "adakv"} <= set(names)
     assert [line.split()[0] for line in out.stdout.splitlines() if "(recommended)" in line] == [
-        "snapkv-decay"
+        "dynamickv-auto"
     ]
 
 

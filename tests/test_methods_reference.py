@@ -25,11 +25,13 @@ def make_obs(n, layers, queries=32, seed=0, valid=None):
     return out
 
 
-def run_method(method, observations, budget, valid=None, n_eff=None):
+def run_method(method, observations, budget, valid=None, n_eff=None, model_type=""):
     """Apply a method's keep operations to per-layer positions, as the cache does: a ``[b, h, k]``
     tensor per layer, or, when (row, head) counts differ, nested lists ``[b][h] -> positions``."""
     n = observations[0].n
-    info = PrefillInfo(n=n, n_eff=n_eff or n, num_layers=len(observations), budget=budget, valid=valid)
+    info = PrefillInfo(
+        n=n, n_eff=n_eff or n, num_layers=len(observations), budget=budget, valid=valid, model_type=model_type
+    )
     method.begin(info)
     pos = {}
     for layer, obs in enumerate(observations):

@@ -104,6 +104,7 @@ def test_every_parameter_of_every_method_is_settable_in_a_spec(model):
         "rows": "separate",
         "tau1": "0.5",
         "tau2": "2",
+        "families": "llama+qwen2",
     }
     from dataclasses import fields
 
@@ -114,9 +115,15 @@ def test_every_parameter_of_every_method_is_settable_in_a_spec(model):
         method = get_method(spec)
         for p in params:
             assert getattr(method, p) == parsed[p]
-            assert p in ("pooling", "mode", "heads", "allocation", "normalize", "rows") or not isinstance(
-                parsed[p], str
-            )
+            assert p in (
+                "pooling",
+                "mode",
+                "heads",
+                "allocation",
+                "normalize",
+                "rows",
+                "families",
+            ) or not isinstance(parsed[p], str)
         with compress(model, spec, 40) as c:
             model.generate(ids(120), max_new_tokens=2, do_sample=False)
         assert c.stats.method == name

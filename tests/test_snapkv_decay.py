@@ -1,17 +1,22 @@
-"""The recommended method, ``snapkv-decay``: a long span kept whole where ``snapkv-forward`` keeps 12
+"""``snapkv-decay``, the recommended method's branch on every family but Qwen2: a long span kept whole where ``snapkv-forward`` keeps 12
 tokens of it (that it is the measured spec, token for token: ``test_snapkv_forward.py``)."""
 
 from __future__ import annotations
 
 import torch
 
-from dynamickv.methods import RECOMMENDED, get_method
+from dynamickv.methods import RECOMMENDED, PrefillInfo, get_method
 from dynamickv.scoring import Observation
 from test_methods_reference import run_method
 
 
-def test_it_is_the_recommended_method():
-    assert RECOMMENDED == "snapkv-decay"
+def test_it_is_what_the_recommended_method_runs_on_llama():
+    """SmolLM2 (a Llama) gets uniform budgets from ``dynamickv-auto``: this very method."""
+    recommended = get_method(RECOMMENDED)
+    recommended.begin(PrefillInfo(n=300, n_eff=300, num_layers=2, budget=64, model_type="llama"))
+    assert recommended.chosen_allocation == "uniform"
+    assert recommended.describe() != get_method("snapkv-decay").describe()  # a method of its own
+    assert recommended._chosen.describe() == get_method("snapkv-decay").describe()
 
 
 def _one_peak_observation(n: int, sink: float, peak_at: int) -> list:

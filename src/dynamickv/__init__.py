@@ -2,7 +2,7 @@
 
 >>> from dynamickv import compress, load_model
 >>> model, tok = load_model("smollm2-135m")
->>> with compress(model, "snapkv-decay", budget=128):
+>>> with compress(model, "dynamickv-auto", budget=128):
 ...     out = model.generate(**inputs, max_new_tokens=32)
 """
 

@@ -78,7 +78,7 @@ def generate(
     model: ModelOpt = "smollm2-135m",
     method: Annotated[
         str, typer.Option(help="see `dynamickv methods` (default: the recommended one)")
-    ] = "snapkv-decay",
+    ] = "dynamickv-auto",
     budget: Annotated[str, typer.Option(help="tokens per layer (128) or a ratio (0.1, 10%)")] = "128",
     max_new_tokens: Annotated[int, typer.Option(help="answer length limit")] = 64,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
@@ -138,8 +138,8 @@ def demo(
     budget: Annotated[str, typer.Option(help="tokens per layer")] = "128",
     context_tokens: Annotated[int, typer.Option(help="approximate haystack length")] = 2000,
     methods_: Annotated[str, typer.Option("--methods", help="comma-separated")] = (
-        "fullkv,snapkv-decay,snapkv-forward,dynamickv-preference,dynamickv-robust,streamingllm,h2o,snapkv,pyramidkv,"
-        "dynamickv,windowkv,cake"
+        "fullkv,dynamickv-auto,snapkv-decay,dynamickv-preference,snapkv-forward,dynamickv-robust,streamingllm,h2o,"
+        "snapkv,pyramidkv,dynamickv,windowkv,cake"
     ),
 ) -> None:
     """The main job on the embedded model: a needle in a ~2k-token haystack, every method at B (the

@@ -266,6 +266,8 @@ class _Session:
         )
         if getattr(self.method, "chosen_mode", None):
             stats.extra["mode"] = self.method.chosen_mode
+        if getattr(self.method, "chosen_allocation", None):  # dynamickv-auto's branch
+            stats.extra["allocation"] = self.method.chosen_allocation
         return stats
 
 
@@ -486,7 +488,7 @@ def compress(
     budget: Budget | int | float | str = 128,
     **params: Any,
 ) -> Compressor:
-    """``with compress(model, "snapkv-decay", 128): model.generate(...)`` — see :class:`Compressor`.
+    """``with compress(model, "dynamickv-auto", 128): model.generate(...)`` — see :class:`Compressor`.
 
     The default method is :data:`dynamickv.methods.RECOMMENDED`; pass ``"dynamickv"`` for the paper's
     algorithm as its authors released it."""

@@ -88,6 +88,7 @@ def answer_report(
         "prefill_seconds": ctx.prefill_seconds,
         "selection_seconds": ctx.stats.selection_seconds,
         **({"windowkv_mode": ctx.stats.extra["mode"]} if "mode" in ctx.stats.extra else {}),
+        **({"allocation": ctx.stats.extra["allocation"]} if "allocation" in ctx.stats.extra else {}),
         **({"truncated_from": original} if original != ids.shape[-1] else {}),
     }
 

@@ -14,7 +14,9 @@ class DecaySnapKV(SnapKV):
     and quiet sinks (the first 4 tokens lend nothing).
 
     Not a paper's method: this library's variant of SnapKV (Li et al. 2024, arXiv 2404.14469), the
-    recommended method since the third allocation screen of 2026-11-29 (``docs/evaluation.md``).
+    recommended method from the third allocation screen of 2026-11-29 until 2026-11-30, and since
+    then what the recommended ``dynamickv-auto`` runs on every family but Qwen2
+    (``docs/evaluation.md``).
 
     Why ``decay`` pooling: a kept token must bring what the model will copy after it. ``forward``
     pooling (:class:`~dynamickv.methods.snapkv_forward.ForwardSnapKV`) lends a token's score to exactly
