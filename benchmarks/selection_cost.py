@@ -96,7 +96,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         record = {
-            **provenance("selection_cost.py", args),
+            **provenance("selection_cost.py", args, device=args.device),
             "budget": args.budget,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "shape": [LAYERS, HEADS, KV_HEADS, DIM],
