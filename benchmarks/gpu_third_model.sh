@@ -42,7 +42,7 @@ step q15_ruler_more 170 evaluate q15_ruler_more "$Q15" ruler "$QLEN" --samples 6
 METHODS="snapkv-decay,dynamickv-preference,snapkv"
 export METHODS
 pip_target /tmp/site "$CARRY"/rulerwheels/*.whl  # these samples are generated here
-NPROC=8 step q15_ruler16k 130 evaluate q15_ruler16k "$Q15" ruler "$( [ "${DRY:-0}" = 1 ] && echo 4096 || echo 16384)" \
+NPROC=$([ "${DRY:-0}" = 1 ] && echo 1 || echo 8) step q15_ruler16k 130 evaluate q15_ruler16k "$Q15" ruler "$( [ "${DRY:-0}" = 1 ] && echo 4096 || echo 16384)" \
   --samples 4 --seed 2002 $(resume q15_ruler16k)
 tar -czf "$OUT/quality.tar.gz" -C "$RUNS" .
 echo "done in $(($(date +%s) - START)) s"
