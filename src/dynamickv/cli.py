@@ -175,8 +175,11 @@ def demo(
     for name in names:
         r = answer_report(mdl, tok, context, question, name, budget, 24)
         kept = r["kept_tokens_per_layer"]
+        label = f"{name} *" if name == RECOMMENDED else name
+        if "allocation" in r:  # dynamickv-auto: which branch this model's family gets
+            label += f" ({r['allocation']})"
         table.add_row(
-            f"{name} *" if name == RECOMMENDED else name,
+            label,
             r["answer"].strip().replace("\n", " ")[:60],
             "yes" if needle_answer.lower() in r["answer"].lower() else "no",
             f"{min(kept)}-{max(kept)}",
