@@ -85,8 +85,10 @@ def main() -> None:
         # tab10, then six colours unlike any of it (Dark2 repeats tab10's orange and green)
         extra_colours = ("black", "#8c6d31", "#393b79", "#e7969c", "#637939", "#7b4173")
         colours = (*plt.get_cmap("tab10").colors, *extra_colours)
-        shown = [n for n in table if n in SHOWN or n.startswith("kvpress")]
-        order = sorted(shown, key=lambda n: (n.startswith("kvpress"), SHOWN.index(n) if n in SHOWN else 0, n))
+        # a method keeps its colour in every panel: the catalog's by their place in SHOWN, kvpress's
+        # presses after them
+        presses = sorted(n for n in table if n.startswith("kvpress") and n not in SHOWN)
+        slot = {n: i for i, n in enumerate((*SHOWN, *presses))}
         for name, by_budget in sorted(table.items()):
             points = sorted((int(b), v) for b, v in by_budget.items() if b.isdigit())
             if not points:
@@ -95,17 +97,12 @@ def main() -> None:
             xs, ys = zip(*points, strict=True)
             peer = name.startswith("kvpress")
             style = {"marker": "s" if peer else "o", "linestyle": ":" if peer else "-"}
-            if name in order:
-                # a method keeps its colour in every panel: the catalog's by their place in SHOWN,
-                # kvpress's presses after them
-                extra = [n for n in order if n not in SHOWN]
-                slot = SHOWN.index(name) if name in SHOWN else len(SHOWN) + extra.index(name)
-                colour = colours[slot % len(colours)]
+            if name in slot:
                 ax.plot(
                     xs,
                     ys,
                     label=name,
-                    color=colour,
+                    color=colours[slot[name] % len(colours)],
                     linewidth=2.2 if name in SHOWN[:2] else 1.3,
                     markersize=7 if peer else 5,
                     **style,

@@ -27,7 +27,7 @@ _LAZY = {
     "CompressedLayer": "cache",
     "cache_bytes": "cache",
     "kept_tokens_per_layer": "cache",
-    "SUPPORTED_MODEL_TYPES": "compressor",
+    "SUPPORTED_MODEL_TYPES": "methods",
     "Compressor": "compressor",
     "PrefillStats": "compressor",
     "compress": "compressor",

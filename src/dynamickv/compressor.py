@@ -32,14 +32,12 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask,
 from .budget import Budget, parse_budget
 from .cache import CompressedLayer, _LayerGroup, block_entered, cache_kwarg, mean_kept, padding_tokens
 from .errors import InputError, UnsupportedModelError, UsageError
-from .methods import RECOMMENDED, Method, PrefillInfo, get_method
+from .methods import RECOMMENDED, SUPPORTED_MODEL_TYPES, Method, PrefillInfo, get_method
 from .ragged import RaggedLayer
 from .scoring import Observation
 from .selection import KeepIndex, Selection
 from .sliding import layer_windows, restrict_to_window
 
-#: Model families this library is tested on (``config.model_type``).
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 _PREFIX = "dynamickv_"
 _ACTIVE = "_dynamickv_compressor"  # the model's entered Compressor, in its __dict__
@@ -264,10 +262,7 @@ class _Session:
             padding_tokens=held,
             rectangular_padding_tokens=rect,
         )
-        if getattr(self.method, "chosen_mode", None):
-            stats.extra["mode"] = self.method.chosen_mode
-        if getattr(self.method, "chosen_allocation", None):  # dynamickv-auto's branch
-            stats.extra["allocation"] = self.method.chosen_allocation
+        stats.extra.update(self.method.extra_stats())
         return stats
 
 

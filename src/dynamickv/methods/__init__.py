@@ -10,7 +10,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from ..errors import BudgetError, UnknownMethodError
 from .adakv import AdaKV
-from .base import KeepOp, Method, PrefillInfo
+from .base import SUPPORTED_MODEL_TYPES, KeepOp, Method, PrefillInfo
 from .cake import CAKE
 from .dynamickv import DynamicKV
 from .dynamickv_auto import AutoDynamicKV
@@ -249,6 +249,7 @@ __all__ = [
     "H2O",
     "METHODS",
     "RECOMMENDED",
+    "SUPPORTED_MODEL_TYPES",
     "AdaKV",
     "AutoDynamicKV",
     "DecaySnapKV",

@@ -30,6 +30,9 @@ from ..selection import KeepIndex, top_by_counts
 #: whole layer.
 KeepOp = tuple[int, KeepIndex]
 
+#: Model families this library is tested on (``config.model_type``; ``PrefillInfo.model_type`` is one).
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3")
+
 
 @dataclass
 class PrefillInfo:
@@ -185,6 +188,11 @@ class Method:
         if self._info is None:
             raise RuntimeError(f"{self.name}: begin() must be called before compress()")
         return self._info
+
+    def extra_stats(self) -> dict[str, str]:
+        """What this prefill decided beyond the kept tokens, for ``PrefillStats.extra`` (after the
+        prefill): WindowKV's chosen mode, ``dynamickv-auto``'s branch. Nothing by default."""
+        return {}
 
     def describe(self) -> str:
         params = ", ".join(

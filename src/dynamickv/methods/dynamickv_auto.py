@@ -8,7 +8,7 @@ import torch
 
 from ..errors import BudgetError
 from ..scoring import Observation
-from .base import KeepOp, Method, PrefillInfo
+from .base import SUPPORTED_MODEL_TYPES, KeepOp, Method, PrefillInfo
 from .dynamickv_preference import PreferenceDynamicKV
 from .snapkv_decay import DecaySnapKV
 
@@ -79,8 +79,6 @@ class AutoDynamicKV(Method):
             raise BudgetError(
                 f"{self.name}: families: 'default', 'all' and 'none' stand alone, got {self.families!r}"
             )
-        from ..compressor import SUPPORTED_MODEL_TYPES  # here: the compressor imports the methods
-
         unknown = [n for n in names if n not in (*SUPPORTED_MODEL_TYPES, "default", "all", "none")]
         if unknown:  # a misspelt family would silently get uniform budgets
             raise BudgetError(
@@ -125,8 +123,5 @@ class AutoDynamicKV(Method):
     def budgets(self) -> list[int]:
         return self._chosen.budgets()
 
-    def row_budgets(self) -> list[list[int]]:
-        return self._chosen.row_budgets()
-
-    def layer_budget(self, layer: int) -> int | list[int]:
-        return self._chosen.layer_budget(layer)
+    def extra_stats(self) -> dict[str, str]:
+        return {"allocation": self.chosen_allocation} if self.chosen_allocation else {}

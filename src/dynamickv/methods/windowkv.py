@@ -100,6 +100,9 @@ class WindowKV(Method):
             raise BudgetError(f"windowkv: lambda must be > 0, got {self.lam}")
         self.chosen_mode: str | None = None
 
+    def extra_stats(self) -> dict[str, str]:
+        return {"mode": self.chosen_mode} if self.chosen_mode else {}
+
     # -- parameters per mode ------------------------------------------------------------------
     def settings(self, mode: str) -> tuple[int, int]:
         """``(omega, alpha)`` for ``mode``, explicit values taking precedence."""
