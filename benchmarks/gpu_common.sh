@@ -17,15 +17,8 @@ export PYTHONPATH="/tmp/site:$PWD/src" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKE
 export DYNAMICKV_CACHE="${DYNAMICKV_CACHE:-/tmp/dkv}" HF_HUB_DISABLE_PROGRESS_BARS=1
 mkdir -p "$DYNAMICKV_CACHE/ruler"
 cp -n "$CARRY"/ruler/*.jsonl "$DYNAMICKV_CACHE/ruler/" 2>/dev/null
-for dir in /tmp/pieces/*/; do
-  [ -d "$dir" ] || continue
-  name=$(basename "$dir")
-  if [ ! -f "$DYNAMICKV_CACHE/models/$name/model.safetensors" ]; then
-    cat "$dir"part* >"/tmp/$name.gguf"
-    python3 -c "import sys; from dynamickv.models import import_gguf; print(import_gguf(sys.argv[1], sys.argv[2]))" \
-      "$name" "/tmp/$name.gguf" 2>&1 | grep -v "Loading\|Converting\|it/s"
-  fi
-done
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_pieces.sh"
+import_pieces 2>&1 | { grep -v "Loading\|Converting\|it/s" || true; }
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
 echo "setup done at $(($(date +%s) - START)) s"
 

@@ -17,7 +17,9 @@ import torch
 def provenance(script: str, args: argparse.Namespace, device: str = "cpu") -> dict[str, str]:
     """``command`` (the script with every option given or defaulted), ``date`` (UTC) and ``machine``."""
     options = " ".join(
-        f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(args).items() if v is not None
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
+        for k, v in vars(args).items()
+        if v is not None and v is not False  # a flag: given (``--flag``) or left out
     )
     return {
         "command": f"python benchmarks/{script} {options}",

@@ -18,7 +18,8 @@ change it), and records the chosen mode. Protocols (what is compressed):
 
 * ``raw``: the whole raw prompt, question included, no chat template (the papers' setting);
 * ``chat``: the prompt as the user turn of the chat template (RULER's answer prefix moved after it);
-* ``agnostic``: the context alone; the question would come after the compressed cache.
+* ``agnostic``: the context alone, cut where ``dynamickv eval --protocol agnostic`` cuts it (the end of the
+  template's context: RULER's restated QA instruction goes with the question); no chat template.
 
 It also records training-free candidate statistics of the same prefill and checks, for each, whether
 *any* threshold could reach the target: the best threshold fitted on the ``dev`` split (the first seed,
@@ -72,28 +73,14 @@ def expected(category: str) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def context_text(sample: Sample) -> str:
-    """The sample's context alone (the prompt before its question), for the ``agnostic`` protocol."""
-    p = sample.prompt
-    if sample.task in ruler.RULER_TASKS:
-        cut = p.rfind("\n")  # RULER's question (and answer prefix) is the prompt's last line
-    elif sample.task == "niah":
-        suffix = niah.DEFAULT_TEMPLATE.split("{context}")[1].format(question=sample.meta["question"])
-        cut = len(p) - len(suffix) if p.endswith(suffix) else -1
-    else:
-        suffix = longbench.DATASET2PROMPT[sample.task].split("{context}")[1]
-        cut = p.rfind(suffix.split("{")[0])
-    if cut <= 0:
-        raise ValueError(f"cannot find where the question starts in {sample.uid}")
-    return p[:cut]
-
-
 def compressed_ids(sample: Sample, tok: Any, protocol: str) -> torch.Tensor:
     if protocol == "chat":
         return split_prompt(sample, tok)[0]
     if protocol == "raw":
         return split_prompt(dataclasses.replace(sample, chat_template=False), tok)[0]
-    return tok(context_text(sample), return_tensors="pt").input_ids
+    # the context alone, cut where the harness's query-agnostic protocol cuts it (the end of the
+    # template's context), without a chat template as in ``raw``
+    return split_prompt(dataclasses.replace(sample, chat_template=False), tok, "agnostic")[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -165,6 +152,27 @@ def decide(model: Any, ids: torch.Tensor, budget: int) -> tuple[str, dict[str, f
 # ------------------------------------------------------------------------------------------------
 
 
+def add_sample_options(ap: argparse.ArgumentParser, ruler_samples: int, multi_news: int) -> None:
+    """The options that choose the samples (:func:`build_samples`), shared with windowkv_mode_layers.py."""
+    ap.add_argument("--ruler-samples", type=int, default=ruler_samples, help="per task and seed")
+    ap.add_argument("--seeds", default="1,2", help="RULER seeds of the dev and check splits")
+    ap.add_argument("--niah-lengths", default="1024,2048,4096,8192", help="kept when <= the model's length")
+    ap.add_argument("--niah-depths", default="0,25,50,75,100")
+    ap.add_argument("--niah-check-depths", default="10,40,60,90")
+    ap.add_argument("--longbench-dir", default=None, help="folder holding multi_news.jsonl")
+    ap.add_argument("--multi-news", type=int, default=multi_news, help="records per split")
+
+
+def parse_sample_options(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Turn the comma lists of :func:`add_sample_options` into numbers, in place."""
+    args.seeds = [int(x) for x in args.seeds.split(",")]
+    if len(args.seeds) != 2:
+        ap.error("--seeds takes two seeds: dev and check")
+    args.niah_lengths = [int(x) for x in args.niah_lengths.split(",")]
+    args.niah_depths = [float(x) for x in args.niah_depths.split(",")]
+    args.niah_check_depths = [float(x) for x in args.niah_check_depths.split(",")]
+
+
 def build_samples(tok: Any, length: int, args: argparse.Namespace) -> list[tuple[str, str, Sample]]:
     """``(set, split, sample)``: split ``dev`` (first seed, first depths, first records) or ``check``."""
     out: list[tuple[str, str, Sample]] = []
@@ -217,24 +225,23 @@ def _predict(value: float, threshold: float, direction: str) -> str:
 
 
 def fit_threshold(rows: list[dict], stat: str) -> tuple[float, str]:
-    """The threshold and direction with the best worst-set agreement on ``rows`` (ties: pooled)."""
-    values = [r["stats"][stat] for r in rows]
-    want = [r["expected"] == "localization" for r in rows]
-    sets = [r["set"] for r in rows]
-    best: tuple[tuple[float, float], float, str] | None = None
-    for thr in sorted(set(values)):
-        for direction in (">=", "<="):
-            hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-            for v, w, s in zip(values, want, sets):
-                hit = v >= thr if direction == ">=" else v <= thr
-                hits[s][0] += hit == w
-                hits[s][1] += 1
-            worst = min(a / n for a, n in hits.values())
-            pooled = sum(a for a, _ in hits.values()) / len(values)
-            if best is None or (worst, pooled) > best[0]:
-                best = ((worst, pooled), thr, direction)
-    assert best is not None
-    return best[1], best[2]
+    """The threshold and direction with the best worst-set agreement on ``rows`` (ties: pooled, then
+    the lowest threshold, ``>=`` before ``<=``). Every distinct value is tried, in one tensor pass."""
+    values = torch.tensor([float(r["stats"][stat]) for r in rows], dtype=torch.float64)
+    want = torch.tensor([r["expected"] == "localization" for r in rows])
+    names = list(dict.fromkeys(r["set"] for r in rows))
+    onehot = torch.zeros(len(rows), len(names), dtype=torch.float64)
+    onehot[torch.arange(len(rows)), torch.tensor([names.index(r["set"]) for r in rows])] = 1.0
+    thresholds = torch.unique(values)  # sorted
+    hits = torch.stack([values >= thresholds[:, None], values <= thresholds[:, None]], 1)  # [T, 2, n]
+    right = (
+        (hits == want).to(torch.float64).reshape(-1, len(rows))
+    )  # candidates in (threshold, direction) order
+    worst = ((right @ onehot) / onehot.sum(0)).min(-1).values
+    pooled = right.sum(-1) / len(rows)
+    best = worst == worst.max()
+    index = int(torch.nonzero(best & (pooled == pooled[best].max()))[0])
+    return float(thresholds[index // 2]), (">=", "<=")[index % 2]
 
 
 def threshold_study(rows: list[dict], stat: str) -> dict[str, Any]:
@@ -301,13 +308,7 @@ def text_report(result: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2-135m:4096,qwen2.5-coder-0.5b:8192", help="name:length,...")
-    ap.add_argument("--ruler-samples", type=int, default=5, help="per task and seed")
-    ap.add_argument("--seeds", default="1,2", help="RULER seeds of the dev and check splits")
-    ap.add_argument("--niah-lengths", default="1024,2048,4096,8192", help="kept when <= the model's length")
-    ap.add_argument("--niah-depths", default="0,25,50,75,100")
-    ap.add_argument("--niah-check-depths", default="10,40,60,90")
-    ap.add_argument("--longbench-dir", default=None, help="folder holding multi_news.jsonl")
-    ap.add_argument("--multi-news", type=int, default=20, help="records per split")
+    add_sample_options(ap, ruler_samples=5, multi_news=20)
     ap.add_argument("--protocols", default=",".join(PROTOCOLS))
     ap.add_argument("--budget", type=int, default=128)
     ap.add_argument("--out", default="docs/results/windowkv_auto.json")
@@ -315,12 +316,7 @@ def main() -> None:
     command = "python benchmarks/windowkv_auto.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None
     )
-    args.seeds = [int(x) for x in args.seeds.split(",")]
-    if len(args.seeds) != 2:
-        ap.error("--seeds takes two seeds: dev and check")
-    args.niah_lengths = [int(x) for x in args.niah_lengths.split(",")]
-    args.niah_depths = [float(x) for x in args.niah_depths.split(",")]
-    args.niah_check_depths = [float(x) for x in args.niah_check_depths.split(",")]
+    parse_sample_options(ap, args)
     protocols = [p for p in args.protocols.split(",") if p]
     if any(p not in PROTOCOLS for p in protocols):
         ap.error(f"--protocols: choose from {', '.join(PROTOCOLS)}")

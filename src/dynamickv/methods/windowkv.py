@@ -64,7 +64,11 @@ class WindowKV(Method):
     RULER, NIAH and multi_news prompt, so ``auto`` picks aggregation, and QA prompts are no more
     concentrated than needle retrieval, whose categories say aggregation although it is the most local
     task there is. ``benchmarks/windowkv_auto.py`` measures the agreement and the statistics tried
-    (``docs/results/windowkv_auto.txt``). When the category is known, pass the mode explicitly
+    (``docs/results/windowkv_auto.txt``). Deciding later does not help:
+    ``benchmarks/windowkv_mode_layers.py`` finds no layer, at any depth, where one rule for both models
+    beats answering aggregation for every RULER sample in the papers' protocol. Rules fitted to one
+    model's labels do better, but each model needs its own feature, layer and direction
+    (``docs/evaluation.md``, ninth session). When the category is known, pass the mode explicitly
     (``dynamickv eval --windowkv-mode category`` does so per sample).
 
     Attributes:

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# benchmarks/windowkv_mode_layers.py on the GPU machine, which has no package index and no benchmark data.
+#
+# Here, first (the prompts of both models, token ids per protocol, about 19 MB):
+#   python benchmarks/windowkv_mode_layers.py --models smollm2-135m:4096,qwen2.5-coder-0.5b:8192 \
+#       --ruler-samples 4 --seeds 1,2 --longbench-dir ../shared/data/longbench --multi-news 15 \
+#       --save-prompts .dev/wprompts
+# Beforehand, calls that leave on the (warm) machine /tmp/pieces/<model>/part*: each model's GGUF, split
+# (as for benchmarks/gpu_quality.sh). Then, carrying .whl (the gguf wheel in .whl/ours) and .dev/wprompts:
+#   OUT=... bash benchmarks/gpu_mode_layers.sh
+# About 5 minutes on one H200, most of it importing the two GGUF files. The analysis is left to
+# `--report` (about 40 s on two CPU cores; on the GPU machine it ran past the call's limit once).
+set -euo pipefail
+: "${OUT:?}" "${PROMPTS:=.dev/wprompts}" "${DEVICE:=cuda}" "${DTYPE:=bfloat16}"
+: "${MODELS:=smollm2-135m:4096,qwen2.5-coder-0.5b:8192}" "${PROTOCOLS:=raw,chat,agnostic}"
+if compgen -G ".whl/ours/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/ours/*.whl
+fi
+export PYTHONPATH="/tmp/site:$PWD/src" PYTHONUNBUFFERED=1 HF_HUB_DISABLE_PROGRESS_BARS=1
+export DYNAMICKV_CACHE="${DYNAMICKV_CACHE:-/tmp/dkv}"
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_pieces.sh"
+import_pieces 2>&1 | { grep -v "Loading\|Converting\|it/s" || true; }
+run() { python3 benchmarks/windowkv_mode_layers.py --models "$MODELS" --prompts "$PROMPTS" --device "$DEVICE" --dtype "$DTYPE" "$@"; }
+# the measurement, then the echo control (the QA prompts without their restated instruction); the
+# analysis runs after, anywhere: --report windowkv_mode_layers.json --echo windowkv_mode_layers_echo.json
+run --protocols "$PROTOCOLS" --out "$OUT/windowkv_mode_layers.json" --no-analysis
+run --protocols "${ECHO_PROTOCOLS:-raw,chat}" --echo-control --out "$OUT/windowkv_mode_layers_echo.json"
