@@ -168,6 +168,22 @@ def drop_echo(
     return torch.cat([ids[:start], ids[start + best :]]), best
 
 
+def measure(
+    model: Any, name: str, prepared: list[dict[str, Any]], protocols: list[str], echo_control: bool
+) -> list[dict[str, Any]]:
+    """One row per prompt and protocol: its metadata and the features of every layer (packed)."""
+    rows = []
+    for p in prepared:
+        for protocol in protocols:
+            ids = p["ids"][protocol].long()
+            row = {k: v for k, v in p.items() if k != "ids"}
+            if echo_control:
+                ids, row["echo_tokens"] = drop_echo(ids)
+            layers = [pack(f) for f in record(model, ids.unsqueeze(0))]
+            rows.append(dict(row, model=name, protocol=protocol, tokens=int(ids.shape[-1]), layers=layers))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2-135m:4096,qwen2.5-coder-0.5b:8192", help="name:length,...")
@@ -192,10 +208,14 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.report:
-        path = Path(args.report)
+        for given_path in (args.report, args.echo):
+            if given_path and not Path(given_path).is_file():
+                ap.error(f"no such saved run: {given_path}")
         echo = json.loads(Path(args.echo).read_text()) if args.echo else None
-        analyse(json.loads(path.read_text()), path, echo)
+        analyse(json.loads(Path(args.report).read_text()), Path(args.report), echo)
         return
+    if args.echo:
+        ap.error("--echo goes with --report")
     sample_options = ("ruler_samples", "seeds", "niah_lengths", "niah_depths", "niah_check_depths")
     skip = ("report", "echo") + ((*sample_options, "longbench_dir", "multi_news") if args.prompts else ())
     device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu"
@@ -237,22 +257,7 @@ def main() -> None:
                 continue
         if args.echo_control:
             prepared = [p for p in prepared if p["expected"] == "localization"]
-        for p in prepared:
-            for protocol in protocols:
-                ids = p["ids"][protocol].long()
-                row = {k: v for k, v in p.items() if k != "ids"}
-                if args.echo_control:
-                    ids, row["echo_tokens"] = drop_echo(ids)
-                ids = ids.unsqueeze(0)
-                rows.append(
-                    dict(
-                        row,
-                        model=name,
-                        protocol=protocol,
-                        tokens=int(ids.shape[-1]),
-                        layers=[pack(f) for f in record(model, ids)],
-                    )
-                )
+        rows += measure(model, name, prepared, protocols, args.echo_control)
         print(
             f"{name}: {len(prepared)} samples x {len(protocols)} protocols, {time.perf_counter() - t0:.0f} s",
             flush=True,

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny import tiny_model
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -221,3 +223,27 @@ def test_echo_control_counts_the_qa_prompts_each_best_rule_still_calls_localizat
     assert all(
         "8/8 with the echo, 0/8 without" in line and "removed 22-22 tokens" in line for line in per_model
     )
+
+
+def test_measure_records_every_layer_of_a_real_prefill_and_drops_nothing():
+    model = tiny_model("llama")
+    torch.manual_seed(0)
+    ids = torch.randint(2, 256, (600,), dtype=torch.int32)
+    echo = torch.cat([ids[:20], torch.randint(2, 256, (600,), dtype=torch.int32), ids[:20]])
+    prepared = [
+        {"task": "qa_1", "uid": "qa_1/0", "expected": "localization", "ids": {"raw": ids, "chat": echo}}
+    ]
+    rows = wml.measure(model, "tiny", prepared, ["raw", "chat"], echo_control=False)
+    assert [r["protocol"] for r in rows] == ["raw", "chat"]
+    assert all(len(r["layers"]) == 8 and len(r["layers"][0]) == len(wms.COLUMNS) for r in rows)
+    assert rows[0]["tokens"] == 600 and rows[1]["tokens"] == 640
+    raw = dict(zip(wms.COLUMNS, rows[0]["layers"][3]))
+    assert 0.0 <= raw["entropy_mean"] <= 1.0 and 0.0 < raw["body_mean"] <= 1.0
+    control = wml.measure(model, "tiny", prepared, ["chat"], echo_control=True)
+    assert control[0]["echo_tokens"] == 20 and control[0]["tokens"] == 620
+
+
+def test_missing_saved_run_for_the_report_is_one_clear_error(tmp_path):
+    r = _script("--report", str(tmp_path / "run.json"))
+    assert r.returncode == 2
+    assert "no such saved run" in r.stderr and "Traceback" not in r.stderr
