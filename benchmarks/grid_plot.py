@@ -18,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from figures import pyplot, save
+
 #: drawn in colour (the papers' methods, this library's named variants, and every kvpress press);
 #: every other configuration is a thin grey line
 SHOWN = (
@@ -69,10 +71,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [[Path(p) for p in arg.split("+")] for arg in args.runs]
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.6), squeeze=False)
@@ -117,10 +116,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.suptitle("raw protocol (the papers'): whole prompt compressed, greedy; grey: ablations", fontsize=9)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(args.out)
+    print(save(fig, args.out, dpi=110))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import shlex
 from pathlib import Path
 from statistics import mean, pstdev
 
+from figures import pyplot, save
+
 
 def profiles(path: Path, method: str) -> tuple[str, dict[int, list[float]]]:
     """``(model, {budget: kept / B per layer, averaged over the run's samples})``."""
@@ -43,10 +45,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     runs = [profiles(p, args.method) for p in args.runs]
     budgets = sorted({b for _, by_budget in runs for b in by_budget})
@@ -71,10 +70,7 @@ def main() -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("kept tokens / B (window included)")
     axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=110)
-    print(args.out)
+    print(save(fig, args.out, dpi=110))
 
 
 if __name__ == "__main__":

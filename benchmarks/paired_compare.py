@@ -18,6 +18,8 @@ import random
 from collections import defaultdict
 from pathlib import Path
 
+from figures import pyplot, save
+
 DRAWS = 2000
 
 
@@ -70,10 +72,7 @@ def compare(run: Path, a: str, b: str, seed: int = 0) -> list[dict]:
 def plot(rows: list[dict], a: str, b: str, path: Path) -> Path:
     """A forest plot: one line per run and budget, the difference A - B with its 95% interval, so
     which sets are clearly ahead, level or behind is seen at a glance."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     budgets = sorted({str(r["budget"]) for r in rows}, key=lambda x: int(x) if x.isdigit() else 0)
     runs = list(dict.fromkeys(r["run"] for r in rows))
@@ -104,10 +103,7 @@ def plot(rows: list[dict], a: str, b: str, path: Path) -> Path:
     ax.set_yticks(ticks, labels, fontsize=8)
     ax.set_xlabel("A - B, task-averaged (95% bootstrap interval); (samples A ahead / behind)", fontsize=8)
     ax.set_title(f"A = {a}\nB = {b}", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path, dpi=120)
     return path
 
 

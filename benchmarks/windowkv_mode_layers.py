@@ -56,10 +56,7 @@ from provenance import provenance
 from windowkv_auto import add_sample_options, build_samples, compressed_ids, expected, parse_sample_options
 from windowkv_mode_study import BIN, COLUMNS, HEAD_BINS, analyse
 
-from dynamickv.compressor import Compressor
-from dynamickv.methods.base import KeepOp, PrefillInfo
-from dynamickv.methods.fullkv import FullKV
-from dynamickv.scoring import Observation
+from dynamickv.replay import record_prefill
 
 SINK_BINS = 1  # the first 8 tokens
 RECENT_BINS = 32  # the last 256 tokens
@@ -96,31 +93,17 @@ def layer_features(scores: torch.Tensor) -> dict[str, float]:
     return out
 
 
-class Recorder(FullKV):
-    """A keep-everything method that records :func:`layer_features` at every layer."""
-
-    @property
-    def observation_queries(self) -> int:
-        return QUERIES
-
-    def begin(self, info: PrefillInfo) -> None:
-        super().begin(info)
-        self.layers: list[dict[str, float]] = []
-
-    def compress(self, layer: int, obs: Observation) -> list[KeepOp]:
-        self.layers.append(layer_features(obs.scores(QUERIES, per_kv_head=True)[0]))
-        return [(layer, None)]
-
-
 @torch.inference_mode()
 def record(model: Any, ids: torch.Tensor) -> list[dict[str, float]]:
-    rec = Recorder()
-    with Compressor(model, rec, budget=ids.shape[-1]):  # FullKV: the budget is not used
-        model(input_ids=ids.to(model.device), use_cache=True, logits_to_keep=1)
-    return rec.layers
-
-
-# ------------------------------------------------------------------------------------------------
+    """:func:`layer_features` of every compressed layer of one uncompressed prefill of ``ids``."""
+    rec = record_prefill(model, ids.to(model.device), observation_queries=QUERIES)
+    try:
+        return [
+            layer_features(rec.observations[layer].scores(QUERIES, per_kv_head=True)[0])
+            for layer in rec.layers
+        ]
+    finally:
+        rec.release()
 
 
 def prepare(tok: Any, length: int, args: argparse.Namespace, protocols: list[str]) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from figures import pyplot, save
 from windowkv_auto import SETS, _predict, agreement, fit_threshold
 
 BIN = 8  # tokens per bin
@@ -148,10 +149,7 @@ def text_report(result: dict[str, Any], top: int = 5) -> str:
 def plot(result: dict[str, Any], path: Path) -> None:
     """One panel per protocol: the best RULER agreement (worst of check and leave-one-task-out) at
     each relative depth, per model with its own rule, and with one rule for both models."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     studies = result["studies"]
     fig, axes = plt.subplots(1, len(studies), figsize=(4.2 * len(studies), 3.8), sharey=True, squeeze=False)
@@ -176,9 +174,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle("Best single-layer attention feature vs WindowKV's task categories", fontsize=11)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path, dpi=130, rect=(0, 0.07, 1, 1))
 
 
 def echo_control(result: dict[str, Any], echo: dict[str, Any]) -> list[str]:
