@@ -11,8 +11,12 @@ left() { echo $((DEADLINE - ($(date +%s) - START))); }
 RUNS=/tmp/runs
 mkdir -p "$RUNS/logs"
 pip_target() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$1" "${@:2}"; }
-pip_target /tmp/site "$CARRY"/.whl/ours/*.whl "$CARRY"/rulerwheels/*.whl
-if compgen -G "$CARRY/.whl/kv/*.whl" >/dev/null; then pip_target /tmp/kvsite "$CARRY"/.whl/kv/*.whl; fi
+# a folder left out of the carry is skipped (RULER's generators are only needed when no cache file matches)
+wheels() { compgen -G "$CARRY/$1/*.whl" || true; }
+mapfile -t OURS < <(wheels .whl/ours; wheels rulerwheels)
+if [ ${#OURS[@]} -gt 0 ]; then pip_target /tmp/site "${OURS[@]}"; fi
+mapfile -t KV < <(wheels .whl/kv)
+if [ ${#KV[@]} -gt 0 ]; then pip_target /tmp/kvsite "${KV[@]}"; fi
 export PYTHONPATH="/tmp/site:$PWD/src" PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 export DYNAMICKV_CACHE="${DYNAMICKV_CACHE:-/tmp/dkv}" HF_HUB_DISABLE_PROGRESS_BARS=1
 mkdir -p "$DYNAMICKV_CACHE/ruler"

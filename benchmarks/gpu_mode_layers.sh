@@ -10,6 +10,10 @@
 #   OUT=... bash benchmarks/gpu_mode_layers.sh
 # About 5 minutes on one H200, most of it importing the two GGUF files. The analysis is left to
 # `--report` (about 40 s on two CPU cores; on the GPU machine it ran past the call's limit once).
+# A third model, measured later (2026-11-30: its prompts saved with --save-prompts .dev/wprompts15, its
+# GGUF in 19 calls; 68 s of prefill, 3.5 minutes in all), joins the same analysis:
+#   MODELS=qwen2.5-coder-1.5b:8192 PROMPTS=.dev/wprompts15 OUT=... bash benchmarks/gpu_mode_layers.sh
+#   python benchmarks/windowkv_mode_layers.py --report MAIN.json,THIRD.json --echo MAIN_echo.json,THIRD_echo.json
 set -euo pipefail
 : "${OUT:?}" "${PROMPTS:=.dev/wprompts}" "${DEVICE:=cuda}" "${DTYPE:=bfloat16}"
 : "${MODELS:=smollm2-135m:4096,qwen2.5-coder-0.5b:8192}" "${PROTOCOLS:=raw,chat,agnostic}"

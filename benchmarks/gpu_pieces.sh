@@ -1,5 +1,13 @@
 # Sourced by the GPU scripts: `import_pieces` joins each model's GGUF pieces, left in
 # /tmp/pieces/<model>/part* by earlier calls, and imports it into $DYNAMICKV_CACHE once.
+#
+# The upload (a call carries the checkout plus its `carry` paths, 64 MiB in all): here,
+#   split -b 55000000 -d -a 2 model.gguf piece   # then each pieceNN into .dev/<m>/partNN/piece
+# (SmolLM2 2 pieces, Qwen2.5-Coder-0.5B 9, Qwen2.5-Coder-1.5B 19 at 59 MB); move docs/results (~100 MB)
+# out of the tree; then one call per piece, back to back while the machine stays warm, carrying
+# .dev/<m>/partNN and running `mkdir -p /tmp/pieces/<model> && cp .dev/<m>/partNN/piece
+# /tmp/pieces/<model>/partNN`. Check `cat /tmp/pieces/<model>/part* | sha256sum` against the
+# embedded catalog, run the measurement, and put docs/results back.
 import_pieces() {
   local dir name
   for dir in /tmp/pieces/*/; do

@@ -4,7 +4,7 @@
 # the same prompts (its own process), the attention-mass study, and a batched-vs-single decoding check.
 #
 # Beforehand, calls that leave on the (warm) machine:
-#   /tmp/pieces/<model>/part*   the GGUF of each model, split (benchmarks/gpu_upload.md lists the calls)
+#   /tmp/pieces/<model>/part*   the GGUF of each model, split (benchmarks/gpu_pieces.sh says how)
 #   /tmp/carry/.whl/{ours,kv}   wheels: ours = gguf, needlehaystack; kv = kvpress 0.5.5, transformers
 #                               5.2.0, tokenizers 0.22.2, cachetools 5.5.2
 #   /tmp/carry/ruler/           the RULER samples, generated here (dynamickv's cache files)

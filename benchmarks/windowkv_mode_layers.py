@@ -24,13 +24,16 @@ prompt queries (WindowKV's localization window), per KV head, with tokens binned
 * ``body``: the body's share of all the attention; ``far``: its share of the non-sink attention;
 * ``head``: the non-sink share on the prompt's first 128 tokens (its opening instruction);
 
-each averaged over the KV heads (``_mean``) and their maximum (``_max``). Then two studies:
+each averaged over the KV heads (``_mean``) and their maximum (``_max``). Then three studies:
 
 * **per model**: for each layer and feature, the threshold fitted on the model's ``dev`` split,
   scored on ``dev``, on the ``check`` split (other seed, depths, records) and leave-one-task-out;
-* **shared**: one rule for both models. At each relative depth (the layer ``floor(d * L)``), one
-  threshold fitted on both models' ``dev`` rows, scored per model as above. A rule for an unseen model
-  can only be of this kind.
+* **shared**: one rule for all models. At each relative depth (the layer ``floor(d * L)``), one
+  threshold fitted on every model's ``dev`` rows, scored per model as above. A rule for an unseen model
+  can only be of this kind;
+* **transfer**: each model's best rule, chosen and fitted on that model alone, applied unchanged to
+  every other model at the same relative depth and scored on all of its samples. Is a rule calibrated
+  once on one model of a family good for a sibling whose labels it never saw?
 
 The analysis (studies, report, plot) is in ``windowkv_mode_study.py``. It also records, per sample and
 layer, where the strongest body bin lies (``peak_pos``, tokens), so that a separating layer can be
@@ -54,7 +57,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance
 from windowkv_auto import add_sample_options, build_samples, compressed_ids, expected, parse_sample_options
-from windowkv_mode_study import BIN, COLUMNS, HEAD_BINS, analyse
+from windowkv_mode_study import BIN, COLUMNS, HEAD_BINS, analyse, merge_runs
 
 from dynamickv.replay import record_prefill
 
@@ -175,8 +178,15 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     ap.add_argument("--out", default="docs/results/windowkv_mode_layers.json")
-    ap.add_argument("--report", default=None, help="re-analyse this saved run instead of measuring")
-    ap.add_argument("--echo", default=None, help="with --report: the --echo-control run to add to the report")
+    ap.add_argument(
+        "--report",
+        default=None,
+        help="re-analyse these saved runs (comma-separated, analysed as one) instead of measuring; "
+        "the analysis is written next to the first",
+    )
+    ap.add_argument(
+        "--echo", default=None, help="with --report: the --echo-control runs (comma-separated) to add"
+    )
     ap.add_argument(
         "--echo-control",
         action="store_true",
@@ -191,11 +201,15 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.report:
-        for given_path in (args.report, args.echo):
+        reports, echoes = args.report.split(","), (args.echo or "").split(",")
+        for given_path in [*reports, *echoes]:
             if given_path and not Path(given_path).is_file():
                 ap.error(f"no such saved run: {given_path}")
-        echo = json.loads(Path(args.echo).read_text()) if args.echo else None
-        analyse(json.loads(Path(args.report).read_text()), Path(args.report), echo)
+
+        def load(paths: list[str]) -> dict[str, Any]:
+            return merge_runs([json.loads(Path(path).read_text()) for path in paths if path])
+
+        analyse(load(reports), Path(reports[0]), load(echoes) if args.echo else None)
         return
     if args.echo:
         ap.error("--echo goes with --report")

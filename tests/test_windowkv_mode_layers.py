@@ -6,6 +6,7 @@ the two studies on rows whose answer is known, and bad input through the script.
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 import subprocess
 import sys
@@ -247,3 +248,37 @@ def test_missing_saved_run_for_the_report_is_one_clear_error(tmp_path):
     r = _script("--report", str(tmp_path / "run.json"))
     assert r.returncode == 2
     assert "no such saved run" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_rule_carries_to_another_model_only_where_both_separate_at_its_depth():
+    alike = wms.study(_rows(10, "a", 5) + _rows(20, "b", 10))  # both at relative depth 0.5
+    a_to_b = next(t for t in alike["transfer"] if t["source"] == "a")
+    assert (a_to_b["target"], a_to_b["source_layer"], a_to_b["target_layer"]) == ("b", 5, 10)
+    assert a_to_b["sets"]["ruler"] == 1.0 and a_to_b["pooled"] == 1.0
+    assert (a_to_b["qa_called"], a_to_b["qa"]) == (8, 8)
+    assert a_to_b["top_ranks_carried"][0] == 1
+    apart = wms.study(_rows(10, "a", 2) + _rows(10, "b", 8))
+    a_to_b = next(t for t in apart["transfer"] if t["source"] == "a")
+    assert a_to_b["target_layer"] == 2  # b's noise there never reaches a's threshold
+    assert a_to_b["qa_called"] == 0 and a_to_b["sets"]["ruler"] == 0.5
+
+
+def _saved_run(path: Path, rows: list[dict], command: str) -> None:
+    packed = [
+        dict(r, protocol="raw", layers=[[f[c] for c in wms.COLUMNS] for f in r["layers"]]) for r in rows
+    ]
+    meta = {"date": "2026-11-30", "machine": "test", "transformers": "x", "command": command}
+    path.write_text(json.dumps({"meta": meta, "rows": packed}))
+
+
+def test_report_of_several_runs_analyses_them_as_one(tmp_path):
+    _saved_run(tmp_path / "two.json", _rows(10, "a", 5) + _rows(20, "b", 10), "measure a and b")
+    _saved_run(tmp_path / "third.json", _rows(12, "c", 6), "measure c later")
+    r = _script("--report", f"{tmp_path / 'two.json'},{tmp_path / 'third.json'}")
+    assert r.returncode == 0, r.stderr
+    report = (tmp_path / "two.txt").read_text()
+    assert "and the rows of: measure c later" in report
+    assert "c, best single layers" in report and "a L5 -> c L6" in report
+    assert (tmp_path / "two.png").is_file() and (tmp_path / "two_study.json").is_file()
+    missing = _script("--report", f"{tmp_path / 'two.json'},{tmp_path / 'gone.json'}")
+    assert missing.returncode == 2 and "no such saved run" in missing.stderr

@@ -67,8 +67,9 @@ class WindowKV(Method):
     (``docs/results/windowkv_auto.txt``). Deciding later does not help:
     ``benchmarks/windowkv_mode_layers.py`` finds no layer, at any depth, where one rule for both models
     beats answering aggregation for every RULER sample in the papers' protocol. Rules fitted to one
-    model's labels do better, but each model needs its own feature, layer and direction
-    (``docs/evaluation.md``, ninth session). When the category is known, pass the mode explicitly
+    model's labels do better, but each model needs its own feature, layer and direction, even inside
+    one family: Qwen2.5-Coder-0.5B's rule agrees with 51% of Qwen2.5-Coder-1.5B's samples
+    (``docs/evaluation.md``, ninth and tenth sessions). When the category is known, pass the mode explicitly
     (``dynamickv eval --windowkv-mode category`` does so per sample).
 
     Attributes:
