@@ -207,7 +207,10 @@ def main() -> None:
                 ap.error(f"no such saved run: {given_path}")
 
         def load(paths: list[str]) -> dict[str, Any]:
-            return merge_runs([json.loads(Path(path).read_text()) for path in paths if path])
+            try:
+                return merge_runs([json.loads(Path(path).read_text()) for path in paths if path])
+            except ValueError as e:
+                ap.error(str(e))
 
         analyse(load(reports), Path(reports[0]), load(echoes) if args.echo else None)
         return

@@ -288,9 +288,17 @@ def echo_control(result: dict[str, Any], echo: dict[str, Any]) -> list[str]:
 
 def merge_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Several saved runs (say, a third model measured later) as one: the first run's metadata, the
-    others' under ``more_runs``, and every row."""
+    others' under ``more_runs``, and every row. A sample measured twice (the same run given twice, or
+    a model in two runs) would count twice in every fit: ``ValueError``."""
     meta = dict(runs[0]["meta"], more_runs=[r["meta"] for r in runs[1:]])
-    return {"meta": meta, "rows": [row for r in runs for row in r["rows"]]}
+    rows = [row for r in runs for row in r["rows"]]
+    seen: set[tuple[str, str, str]] = set()
+    for row in rows:
+        key = (row["model"], row["protocol"], row["uid"])
+        if key in seen:
+            raise ValueError(f"{key[0]} sample {key[2]} ({key[1]} protocol) is in more than one of the runs")
+        seen.add(key)
+    return {"meta": meta, "rows": rows}
 
 
 def analyse(result: dict[str, Any], out: Path, echo: dict[str, Any] | None = None) -> None:

@@ -1,7 +1,7 @@
 """``benchmarks/windowkv_mode_layers.py``, its analysis (``windowkv_mode_study.py``) and the threshold
 fit they share with ``windowkv_auto.py``:
 the attention features on built score tensors, the fit against a plain transcription of its rule,
-the two studies on rows whose answer is known, and bad input through the script."""
+the three studies on rows whose answer is known, and bad input through the script."""
 
 from __future__ import annotations
 
@@ -282,3 +282,6 @@ def test_report_of_several_runs_analyses_them_as_one(tmp_path):
     assert (tmp_path / "two.png").is_file() and (tmp_path / "two_study.json").is_file()
     missing = _script("--report", f"{tmp_path / 'two.json'},{tmp_path / 'gone.json'}")
     assert missing.returncode == 2 and "no such saved run" in missing.stderr
+    twice = _script("--report", f"{tmp_path / 'third.json'},{tmp_path / 'third.json'}")
+    assert twice.returncode == 2 and "is in more than one of the runs" in twice.stderr
+    assert "Traceback" not in twice.stderr
