@@ -45,6 +45,7 @@ call them with and without it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import sys
@@ -138,20 +139,12 @@ def drop_echo(
     its last ``tail`` (a restated instruction), removed from the tail. ``(ids, 0)`` when no run of
     ``shortest`` tokens recurs. Returns the ids and the number of tokens removed."""
     a, b = ids[:head].tolist(), ids[-tail:].tolist()
-    best, end_b = 0, 0
-    prev = [0] * (len(b) + 1)
-    for i in range(1, len(a) + 1):  # longest common substring, O(head x tail)
-        cur = [0] * (len(b) + 1)
-        for j in range(1, len(b) + 1):
-            if a[i - 1] == b[j - 1]:
-                cur[j] = prev[j - 1] + 1
-                if cur[j] > best:
-                    best, end_b = cur[j], j
-        prev = cur
-    if best < shortest:
+    # the longest common run (autojunk off: frequent tokens must count like any other)
+    match = difflib.SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
+    if match.size < shortest:
         return ids, 0
-    start = len(ids) - len(b) + end_b - best
-    return torch.cat([ids[:start], ids[start + best :]]), best
+    start = len(ids) - len(b) + match.b
+    return torch.cat([ids[:start], ids[start + match.size :]]), match.size
 
 
 def measure(
