@@ -15,8 +15,10 @@ import_pieces() {
     name=$(basename "$dir")
     if [ ! -f "$DYNAMICKV_CACHE/models/$name/model.safetensors" ]; then
       cat "$dir"part* >"/tmp/$name.gguf"
-      python3 -c "import sys; from dynamickv.models import import_gguf; print(import_gguf(sys.argv[1], sys.argv[2], progress=False))" \
-        "$name" "/tmp/$name.gguf"
+      # a carried tokenizer folder ($CARRY/tokenizers/<model>) replaces the GGUF's own (Gemma 3 needs
+      # one on transformers 5.17, which converts its GGUF tokenizer wrongly)
+      python3 -c "import sys; from dynamickv.models import import_gguf; print(import_gguf(sys.argv[1], sys.argv[2], progress=False, tokenizer_from=sys.argv[3] or None))" \
+        "$name" "/tmp/$name.gguf" "$( [ -d "${CARRY:-/tmp/carry}/tokenizers/$name" ] && echo "${CARRY:-/tmp/carry}/tokenizers/$name")"
     fi
   done
 }

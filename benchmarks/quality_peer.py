@@ -28,10 +28,10 @@ from typing import Any
 def _samples_of_run(run: Path):
     from dynamickv.eval import cli as ecli
     from dynamickv.eval.prompts import samples_digest
-    from dynamickv.models import load_model
+    from dynamickv.models import load_tokenizer
 
     config = json.loads((run / "config.json").read_text())
-    _, tok = load_model(config["model"], device="cpu")
+    tok = load_tokenizer(config["model"])
     records = None
     if config["benchmark"] in ("longbench", "longbench-e"):
         from dynamickv.eval import longbench

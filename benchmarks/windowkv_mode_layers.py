@@ -218,7 +218,7 @@ def main() -> None:
     parse_sample_options(ap, args)
     protocols = [p for p in args.protocols.split(",") if p]
 
-    from dynamickv.models import load_model
+    from dynamickv.models import load_model, load_tokenizer
 
     rows: list[dict[str, Any]] = []
     prompts_command = None
@@ -236,18 +236,13 @@ def main() -> None:
                 ap.error(f"{args.prompts}/{name}.pt has no prompts for protocol {', '.join(missing)}")
             model, _ = load_model(name, progress=False, device=args.device, dtype=getattr(torch, args.dtype))
         else:
-            model, tok = load_model(
-                name,
-                progress=False,
-                device="cpu" if args.save_prompts else args.device,
-                dtype=getattr(torch, args.dtype),
-            )
-            prepared = prepare(tok, int(length), args, protocols)
+            prepared = prepare(load_tokenizer(name, progress=False), int(length), args, protocols)
             if args.save_prompts:
                 Path(args.save_prompts).mkdir(parents=True, exist_ok=True)
                 torch.save({"command": command, "prompts": prepared}, Path(args.save_prompts) / f"{name}.pt")
                 print(f"{name}: {len(prepared)} prompts saved to {args.save_prompts}", flush=True)
                 continue
+            model, _ = load_model(name, progress=False, device=args.device, dtype=getattr(torch, args.dtype))
         if args.echo_control:
             prepared = [p for p in prepared if p["expected"] == "localization"]
         rows += measure(model, name, prepared, protocols, args.echo_control)

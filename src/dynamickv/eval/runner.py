@@ -238,6 +238,8 @@ def run(
 
     ``batch_decode``: under the ``raw`` protocol with a shared prefill, decode a sample's compressed
     configurations together (:func:`batched_predictions`; FullKV, the reference, is decoded alone).
+    Models with uncompressed sliding-window layers (Gemma 3) always decode one configuration at a time;
+    ``config.json`` records which was used.
     ``protocol`` says what is compressed and what is fed after it (:data:`dynamickv.eval.prompts.PROTOCOLS`;
     default ``"raw"``, the papers'); it is stored in ``config.json`` and stated in ``summary.md``.
 
@@ -263,6 +265,11 @@ def run(
         raise InputError(f"sample ids are not unique (e.g. {dup!r}); set meta['uid'] to tell them apart")
     if max_new_tokens is not None and max_new_tokens <= 0:
         raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
+
+    # The batched decoder holds every layer in static buffers; a model with sliding-window layers left
+    # uncompressed (Gemma 3's local layers) decodes each configuration alone instead.
+    n_layers = model.config.get_text_config().num_hidden_layers
+    batch_decode = bool(batch_decode and compressible_layers(model) == list(range(n_layers)))
 
     # -- configuration and output folder ------------------------------------------------------------
     name = model_name or getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
