@@ -15,7 +15,8 @@ rows:
 
 * *calibrated*: the margin minus the model's letter bias, measured on content-free requests
   (``"N/A"``, ``""``, ``"[MASK]"``; contextual calibration, Zhao et al., "Calibrate Before Use",
-  ICML 2021). Still training-free: no labels are used;
+  ICML 2021). Still training-free: no labels are used. Added after a first run had shown both
+  models answering A to every prompt, before its own result was known;
 * *best threshold in hindsight*, chosen on the labels: an upper bound on what a fitted rule on this
   signal could reach, not a rule.
 

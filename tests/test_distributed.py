@@ -134,3 +134,28 @@ def test_shard_environment(monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name)
     assert distributed.current_shard() == distributed.Shard()
+
+
+def test_interleave_takes_the_groups_in_turn():
+    items = ["a0", "a1", "a2", "b0", "c0", "c1"]
+    assert distributed.interleave(items, key=lambda s: s[0]) == ["a0", "b0", "c0", "a1", "c1", "a2"]
+    assert distributed.interleave([], key=len) == []
+
+
+def test_a_rank_works_task_by_task_in_turn(tmp_path):
+    """Samples listed task by task (3 tasks x 4): a rank takes its share round-robin over the tasks,
+    so its first three answers already cover every task and a run cut short is not just the first
+    tasks. Rank 1 of 2 runs in-process (its barriers are no-ops); that the merged file is still in
+    sample order is ``test_two_ranks_write_the_single_process_files``'s check."""
+    tok = eval_tokenizer()
+    model = eval_model(tok)
+    samples = make_samples(12, seed=3)
+    for i, sample in enumerate(samples):
+        sample.task, sample.index = f"t{i // 4}", i
+    kw = dict(methods=["snapkv"], budgets=[40])
+    with pytest.raises(FileNotFoundError, match=r"metrics\.json"):  # rank 0 writes it, and has not run
+        run_grid(samples, model, tok, tmp_path, shard=distributed.Shard(rank=1, world=2), **kw)
+    order = list(dict.fromkeys(r["uid"] for r in _lines(distributed.shard_file(tmp_path, 1))))
+    task = {runner.sample_uid(s): s.task for s in samples}
+    # interleaved t0 t1 t2 t0 t1 t2 ...; rank 1 takes every other one (in task order: t0 t0 t1 t1 t2 t2)
+    assert [task[u] for u in order] == ["t1", "t0", "t2", "t1", "t0", "t2"]

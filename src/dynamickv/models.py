@@ -183,7 +183,8 @@ def import_gguf(
     ``tokenizer_from``: a folder holding the model's tokenizer files (``tokenizer.json``,
     ``tokenizer_config.json``), used instead of the GGUF's own tokenizer. Why: some transformers
     releases convert a GGUF tokenizer wrongly (5.17 with Gemma 3's; the conversion refuses it), and the
-    tokenizer files that a good release wrote elsewhere are small enough to carry.
+    tokenizer files that a good release wrote elsewhere are small enough to carry. An entry already
+    installed is returned as it is (its ``dynamickv_source.json`` says where its tokenizer came from).
     """
     entry = EMBEDDED.get(name)
     if entry is None:

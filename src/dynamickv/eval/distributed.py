@@ -8,17 +8,19 @@ sample's configurations, so each sample keeps its single shared prefill.
 Files: while running, rank ``r`` appends to ``predictions.rank{r}.jsonl`` (one writer per file, fsynced
 per line). At the end rank 0 merges every shard into ``predictions.jsonl`` in the single-process order
 (samples, then the grid) and removes the shards, so a sharded run leaves exactly the files a
-single-process run leaves. A run killed midway leaves its shard files; ``--resume`` (with any number of
+single-process run leaves. The ranks take the samples task by task in turn (:func:`interleave`), so a run
+cut short has covered every task. A run killed midway leaves its shard files; ``--resume`` (with any number of
 ranks, one included) first folds them into ``predictions.jsonl``, so nothing is lost or duplicated.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,6 +46,21 @@ class Shard:
     def take(self, items: list) -> list:
         """This rank's share: every ``world``-th item from ``rank`` (balanced to within one item)."""
         return items[self.rank :: self.world]
+
+
+def interleave(items: list, key: Callable[[Any], Any]) -> list:
+    """``items`` taken round-robin over their ``key`` groups (each group keeps its order).
+
+    Why: a sharded run cut short (a GPU lease running out) has done the first items of every rank's
+    share. In the benchmark's order (task by task) those are the first tasks, whole, and the last
+    tasks not at all; interleaved, the same work covers every task with fewer samples each. The merge
+    writes ``predictions.jsonl`` in the single-process order whatever order the ranks worked in.
+    """
+    groups: dict[Any, list] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    queues = list(groups.values())
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
 def current_shard() -> Shard:
@@ -119,6 +136,7 @@ __all__ = [
     "close",
     "current_shard",
     "init",
+    "interleave",
     "main_first",
     "shard_device",
     "shard_file",

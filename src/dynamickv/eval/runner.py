@@ -336,6 +336,8 @@ def run(
         for sample, uid in zip(samples, uids, strict=True)
         if any((uid, c.method, c.budget_key) not in done for c in grid)
     ]
+    if shard.active:  # a run cut short then covers every task (the merged file is in sample order)
+        pending = distributed.interleave(pending, key=lambda item: item[0].task)
     mine = shard.take(pending)
     total = len(mine) * len(grid)
     completed = sum((uid, c.method, c.budget_key) in done for _, uid in mine for c in grid)
