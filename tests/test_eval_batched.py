@@ -46,7 +46,7 @@ def test_batched_decoding_equals_decoding_each_alone(tmp_path):
     assert json.loads((tmp_path / "batch" / "config.json").read_text())["batch_decode"] is True
 
 
-def test_sliding_window_model_decodes_each_configuration_alone(tmp_path):
+def test_sliding_window_model_decodes_each_configuration_alone(tmp_path, capsys):
     """Gemma 3 keeps its local layers uncompressed, which the batched decoder cannot hold: the
     evaluation decodes each configuration alone, says so in config.json, and still answers."""
     from tiny import tiny_model
@@ -67,6 +67,7 @@ def test_sliding_window_model_decodes_each_configuration_alone(tmp_path):
     kw = dict(methods=["snapkv:window=8", "dynamickv"], budgets=[40], protocol="raw")
     run_grid(samples, model, tok, tmp_path / "one", batch_decode=False, **kw)
     run_grid(samples, model, tok, tmp_path / "batch", batch_decode=True, **kw)
+    assert capsys.readouterr().err.count("each configuration is decoded alone") == 1  # asked once
     one = _predictions(tmp_path / "one" / "predictions.jsonl")
     batch = _predictions(tmp_path / "batch" / "predictions.jsonl")
     assert one.keys() == batch.keys() and len(one) == 2 * 3

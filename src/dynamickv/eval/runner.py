@@ -269,7 +269,15 @@ def run(
     # The batched decoder holds every layer in static buffers; a model with sliding-window layers left
     # uncompressed (Gemma 3's local layers) decodes each configuration alone instead.
     n_layers = model.config.get_text_config().num_hidden_layers
-    batch_decode = bool(batch_decode and compressible_layers(model) == list(range(n_layers)))
+    if (
+        batch_decode
+        and protocol == "raw"
+        and shared_prefill
+        and compressible_layers(model) != list(range(n_layers))
+    ):
+        batch_decode = False
+        if shard is None or shard.main:
+            log("sliding-window layers stay uncompressed: each configuration is decoded alone (slower)")
 
     # -- configuration and output folder ------------------------------------------------------------
     name = model_name or getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
