@@ -22,6 +22,10 @@ dynamickv's settings:
 * ``kvpress-adakv``: ``AdaKVPress(SnapKVPress())``, head-adaptive by masking (the full cache is held);
 * ``kvpress-expected``: ``ExpectedAttentionPress()``, kvpress's own question-agnostic method.
 
+On a text-only Gemma 3 (``Gemma3ForCausalLM``) the presses skip the sliding-window layers, as
+kvpress itself does for Gemma 3 and as dynamickv does (``--sliding skip``, the default);
+``--sliding compress`` keeps kvpress 0.5.5's own behaviour on that class, which compresses them too.
+
 Usage: ``PYTHONPATH=$KVSITE python benchmarks/kvpress_quality_peer.py --model-dir DIR --prompts
 prompts.jsonl --budgets 64,128,256 --out peer.jsonl [--shard 0/4]``.
 """
@@ -81,14 +85,48 @@ def pyramid_built(press, n: int) -> bool | None:
     return bool(n >= hi >= lo >= press.window_size)
 
 
+@contextlib.contextmanager
+def full_attention_layers_only(press, model):
+    """``press`` on the full-attention layers of a text-only Gemma 3, as kvpress does for Gemma 3.
+
+    kvpress 0.5.5 leaves Gemma 3's sliding-window layers alone only for
+    ``Gemma3ForConditionalGeneration``; on ``Gemma3ForCausalLM`` its ``press(model)`` hooks every
+    layer (on two RULER 4k prompts at B = 128 it then answered nonsense). This is the body of
+    kvpress's ``BasePress.__call__`` with its Gemma 3 rule applied to the text-only class too."""
+    press.post_init_from_model(model)
+    hooks = []
+    try:
+        for layer in model.model.layers:
+            if layer.self_attn.is_sliding:
+                continue
+            layer.self_attn.rotary_emb = model.model.rotary_emb
+            hooks.append(layer.self_attn.register_forward_hook(press.forward_hook, with_kwargs=True))
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def applied(press, model, sliding: str):
+    """The context that applies ``press``: kvpress's own, or on a Gemma 3 text model with
+    ``sliding="skip"``, :func:`full_attention_layers_only`."""
+    if press is None:
+        return contextlib.nullcontext()
+    if sliding == "skip" and type(model).__name__ == "Gemma3ForCausalLM":
+        return full_attention_layers_only(press, model)
+    return press(model)
+
+
 @torch.inference_mode()
-def answer(model, head, tail, max_new: int, eos: set[int], press) -> tuple[list[int], list[int]]:
+def answer(
+    model, head, tail, max_new: int, eos: set[int], press, sliding: str = "skip"
+) -> tuple[list[int], list[int]]:
     """Greedy tokens after compressing ``head`` with ``press``; and the kept tokens per layer."""
     from transformers import DynamicCache
 
     cache = DynamicCache()
     n = head.shape[1]
-    with press(model) if press is not None else contextlib.nullcontext():
+    with applied(press, model, sliding):
         out = model(input_ids=head, past_key_values=cache, use_cache=True, logits_to_keep=1)
     kept = [int(layer.keys.shape[-2]) for layer in cache.layers]
     pos = n
@@ -120,6 +158,13 @@ def main() -> None:
     ap.add_argument("--shard", default="0/1", help="i/k: this process takes every k-th prompt from i")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument(
+        "--sliding",
+        choices=("skip", "compress"),
+        default="skip",
+        help="Gemma 3 text models: skip the sliding-window layers (kvpress's rule for Gemma 3, the matched "
+        "setting) or compress them too (what kvpress 0.5.5 does on Gemma3ForCausalLM)",
+    )
     args = ap.parse_args()
     _stub_optional_imports()
     import kvpress
@@ -158,7 +203,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 error = None
                 try:
-                    tokens, kept = answer(model, head, tail, p["max_new_tokens"], eos, press)
+                    tokens, kept = answer(model, head, tail, p["max_new_tokens"], eos, press, args.sliding)
                     text = tokenizer.decode(tokens, skip_special_tokens=True)
                 except Exception as exc:  # a press that fails on this input: recorded, not fatal
                     tokens, kept, text, error = [], [], "", f"{type(exc).__name__}: {exc}"[:300]
@@ -174,6 +219,8 @@ def main() -> None:
                     "kvpress": version,
                     "transformers": transformers.__version__,
                 }
+                if type(model).__name__ == "Gemma3ForCausalLM":
+                    record["sliding_layers"] = args.sliding
                 if press is not None and name.startswith("kvpress-pyramidkv"):
                     record["pyramid"] = pyramid_built(press, n)
                 if error:
