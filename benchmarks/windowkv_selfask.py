@@ -38,13 +38,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import windowkv_auto  # a sibling script: python puts this folder on the path
 
 QUESTION = (
     "Here is the end of a long request about a text:\n\n<<<\n{tail}\n>>>\n\n"
     "To answer this request, does one need (A) one specific place in the text, or (B) information "
     "gathered from many places in the text? Reply with the letter A or B only."
 )
-SETS = ("ruler", "niah", "multi_news")
+SETS = windowkv_auto.SETS
 #: Zhao et al. (2021)'s content-free inputs, averaged to estimate the answer letters' prior.
 CONTENT_FREE = ("N/A", "", "[MASK]")
 
@@ -61,14 +62,10 @@ def ask(model: Any, tok: Any, tail: str) -> float:
 
 
 def agreement(rows: list[dict], threshold: float = 0.0) -> dict[str, float]:
-    """Per set: share of samples whose predicted mode (margin > threshold: localization) is the category's."""
-    out = {}
-    for s in SETS:
-        mine = [r for r in rows if r["set"] == s]
-        if mine:
-            ok = sum((r["margin"] > threshold) == (r["expected"] == "localization") for r in mine)
-            out[s] = 100.0 * ok / len(mine)
-    return out
+    """Per set, in %: samples whose mode (margin > threshold: localization) is the category's
+    (``windowkv_auto.agreement``'s count)."""
+    chosen = [dict(r, chosen="localization" if r["margin"] > threshold else "aggregation") for r in rows]
+    return {s: 100.0 * c["rate"] for s, c in windowkv_auto.agreement(chosen)["sets"].items()}
 
 
 def best_threshold(rows: list[dict]) -> tuple[float, dict[str, float]]:
@@ -78,6 +75,10 @@ def best_threshold(rows: list[dict]) -> tuple[float, dict[str, float]]:
     scored = [(min(agreement(rows, t).values()), t) for t in candidates]
     t = max(scored)[1]
     return t, agreement(rows, t)
+
+
+def _rates(a: dict[str, float]) -> str:
+    return " / ".join(f"{a[s]:.1f}" for s in SETS if s in a)
 
 
 def report(rows: list[dict], biases: dict[str, float], command: str) -> str:
@@ -90,25 +91,22 @@ def report(rows: list[dict], biases: dict[str, float], command: str) -> str:
     ]
     for model in sorted({r["model"] for r in rows}):
         mine = [r for r in rows if r["model"] == model]
-        a = agreement(mine)
-        bias = biases[model]
-        c = agreement(mine, bias)
-        t, b = best_threshold(mine)
         qa = [r for r in mine if r["expected"] == "localization"]
         needles = [r for r in mine if r["task"].startswith("niah")]
-        lines += [
-            f"{model}: {len(mine)} samples",
-            "  letter chosen (training-free): " + " / ".join(f"{a[s]:.1f}" for s in SETS if s in a),
-            f"    QA called localization: {sum(r['margin'] > 0 for r in qa)} / {len(qa)}; "
-            f"needle prompts called localization: {sum(r['margin'] > 0 for r in needles)} / {len(needles)}",
-            f"  calibrated (content-free letter bias {bias:+.3f} subtracted, training-free): "
-            + " / ".join(f"{c[s]:.1f}" for s in SETS if s in c),
-            f"    QA called localization: {sum(r['margin'] > bias for r in qa)} / {len(qa)}; "
-            f"needle prompts called localization: {sum(r['margin'] > bias for r in needles)} / {len(needles)}",
-            f"  best threshold in hindsight ({t:+.3f}, fitted on the labels): "
-            + " / ".join(f"{b[s]:.1f}" for s in SETS if s in b),
-            "",
-        ]
+        lines.append(f"{model}: {len(mine)} samples")
+        bias = biases[model]
+        for label, threshold in (
+            ("letter chosen (training-free)", 0.0),
+            (f"calibrated (content-free letter bias {bias:+.3f} subtracted, training-free)", bias),
+        ):
+            lines += [
+                f"  {label}: {_rates(agreement(mine, threshold))}",
+                f"    QA called localization: {sum(r['margin'] > threshold for r in qa)} / {len(qa)}; "
+                "needle prompts called localization: "
+                f"{sum(r['margin'] > threshold for r in needles)} / {len(needles)}",
+            ]
+        t, b = best_threshold(mine)
+        lines += [f"  best threshold in hindsight ({t:+.3f}, fitted on the labels): {_rates(b)}", ""]
     return "\n".join(lines)
 
 

@@ -394,18 +394,21 @@ def test_smollm2_cache_contents(smollm2: SimpleNamespace) -> None:
     assert source["sha256"] == EMBEDDED["smollm2-135m"].sha256
 
 
+def _forbid(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, why: str) -> None:
+    """Make ``owner.name`` fail the test with ``why`` if it is called."""
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError(why)
+
+    monkeypatch.setattr(owner, name, forbidden)
+
+
 @pytest.mark.slow
 def test_smollm2_second_load_comes_from_cache(
     smollm2: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def must_not_convert(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the GGUF was converted again")
-
-    def must_not_hash(*args: object, **kwargs: object) -> str:
-        raise AssertionError("the GGUF was hashed again")
-
-    monkeypatch.setattr(model_cache, "_convert_gguf", must_not_convert)
-    monkeypatch.setattr(models, "_sha256_file", must_not_hash)
+    _forbid(monkeypatch, model_cache, "_convert_gguf", "the GGUF was converted again")
+    _forbid(monkeypatch, models, "_sha256_file", "the GGUF was hashed again")
     model, tokenizer = load_model("smollm2-135m", cache_dir=smollm2.cache, progress=False)
     assert model.config.num_hidden_layers == 30
     assert tokenizer.chat_template == smollm2.tokenizer.chat_template
@@ -419,10 +422,9 @@ def test_load_tokenizer_matches_load_model_without_reading_weights(
 ) -> None:
     import transformers
 
-    def no_weights(*args: object, **kwargs: object) -> None:
-        raise AssertionError("load_tokenizer read the weights")
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+    _forbid(
+        monkeypatch, transformers.AutoModelForCausalLM, "from_pretrained", "load_tokenizer read the weights"
+    )
     tok = models.load_tokenizer("smollm2-135m", cache_dir=smollm2.cache, progress=False)
     ref = smollm2.tokenizer
     text = "The special magic number for Paris is 7412. What is it?"

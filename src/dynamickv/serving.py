@@ -120,6 +120,14 @@ class BatchDecoder:
             :data:`~dynamickv.decode_step.ATTENTIONS` (default ``"sdpa"``); ignored by ``"plain"``.
     """
 
+    @staticmethod
+    def supports(model: torch.nn.Module) -> bool:
+        """Whether the static buffers can hold ``model``: every layer compressed. Sliding-window layers
+        left uncompressed next to full-attention ones (Gemma 3's local layers) are not."""
+        from .compressor import compressible_layers
+
+        return compressible_layers(model) == list(range(model.config.get_text_config().num_hidden_layers))
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -132,7 +140,7 @@ class BatchDecoder:
         mode: str = "auto",
         attention: str = "sdpa",
     ) -> None:
-        from .compressor import Compressor, compressible_layers
+        from .compressor import Compressor
 
         if rows < 1 or max_new_tokens < 1:
             raise InputError("rows and max_new_tokens must be at least 1")
@@ -142,7 +150,7 @@ class BatchDecoder:
         self.model = model
         config = model.config.get_text_config()
         n_layers = config.num_hidden_layers
-        if compressible_layers(model) != list(range(n_layers)):
+        if not self.supports(model):
             raise UnsupportedModelError("the static decoder needs every layer compressed (no sliding layers)")
         self._compressor = Compressor(model, "fullkv", budget=1)
         modules = sorted(self._compressor._modules, key=lambda m: m.layer_idx)

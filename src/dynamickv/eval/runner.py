@@ -252,6 +252,7 @@ def run(
     from dynamickv.methods import get_method, parse_method_spec
     from dynamickv.pipeline import CompressedContext, Pipeline
     from dynamickv.replay import derive_cache, record_prefill
+    from dynamickv.serving import BatchDecoder
 
     scorer = scorer or get_scorer(benchmark)
     windowkv_mode = _check_windowkv_mode(windowkv_mode)
@@ -268,13 +269,7 @@ def run(
 
     # The batched decoder holds every layer in static buffers; a model with sliding-window layers left
     # uncompressed (Gemma 3's local layers) decodes each configuration alone instead.
-    n_layers = model.config.get_text_config().num_hidden_layers
-    if (
-        batch_decode
-        and protocol == "raw"
-        and shared_prefill
-        and compressible_layers(model) != list(range(n_layers))
-    ):
+    if batch_decode and protocol == "raw" and shared_prefill and not BatchDecoder.supports(model):
         batch_decode = False
         if shard is None or shard.main:
             log("sliding-window layers stay uncompressed: each configuration is decoded alone (slower)")
