@@ -46,9 +46,9 @@ def test_batched_decoding_equals_decoding_each_alone(tmp_path):
     assert json.loads((tmp_path / "batch" / "config.json").read_text())["batch_decode"] is True
 
 
-def test_sliding_window_model_decodes_each_configuration_alone(tmp_path, capsys):
-    """Gemma 3 keeps its local layers uncompressed, which the batched decoder cannot hold: the
-    evaluation decodes each configuration alone, says so in config.json, and still answers."""
+def test_sliding_window_model_decodes_configurations_together(tmp_path, capsys):
+    """Gemma 3 keeps its local layers uncompressed; the batched decoder holds them too (their window
+    slides while decoding), so its configurations decode together and answer as each alone."""
     from tiny import tiny_model
 
     tok = eval_tokenizer()
@@ -64,18 +64,38 @@ def test_sliding_window_model_decodes_each_configuration_alone(tmp_path, capsys)
     )
     model.generation_config.eos_token_id = None
     samples = make_samples(2, seed=5)
-    kw = dict(methods=["snapkv:window=8", "dynamickv"], budgets=[40], protocol="raw")
+    for s in samples:
+        s.max_new_tokens = 40  # longer than the window (32): generated tokens leave it too
+    kw = dict(methods=["snapkv:window=8", "dynamickv", "streamingllm"], budgets=[40], protocol="raw")
     run_grid(samples, model, tok, tmp_path / "one", batch_decode=False, **kw)
     run_grid(samples, model, tok, tmp_path / "batch", batch_decode=True, **kw)
-    assert capsys.readouterr().err.count("each configuration is decoded alone") == 1  # asked once
+    assert "decoded alone" not in capsys.readouterr().err
     one = _predictions(tmp_path / "one" / "predictions.jsonl")
     batch = _predictions(tmp_path / "batch" / "predictions.jsonl")
-    assert one.keys() == batch.keys() and len(one) == 2 * 3
+    assert one.keys() == batch.keys() and len(one) == 2 * 4
     for key, r in one.items():
         assert batch[key]["prediction"] == r["prediction"], key
-        assert "decode" not in batch[key]
+        assert batch[key].get("decode") == (None if key[1] == "fullkv" else "batched")
         local, compressed = r["kept_tokens_per_layer"][0::2], r["kept_tokens_per_layer"][1::2]
         assert local == [31, 31]  # the local layers keep their window whatever the method
         if key[1] != "fullkv":
             assert sum(compressed) == 2 * 40  # the budget is spent on the full-attention layers
-    assert json.loads((tmp_path / "batch" / "config.json").read_text())["batch_decode"] is False
+    assert len({r["prediction"] for r in one.values()}) > 2  # the configurations answer differently
+    assert json.loads((tmp_path / "batch" / "config.json").read_text())["batch_decode"] is True
+
+
+def test_a_model_the_batched_decoder_cannot_hold_decodes_each_configuration_alone(
+    tmp_path, capsys, monkeypatch
+):
+    from dynamickv.serving import BatchDecoder
+
+    tok = eval_tokenizer()
+    model = eval_model(tok)
+    monkeypatch.setattr(BatchDecoder, "supports", staticmethod(lambda m: False))
+    samples = make_samples(1, seed=2)
+    run_grid(
+        samples, model, tok, tmp_path / "r", methods=["snapkv:window=8"], budgets=[40], batch_decode=True
+    )
+    assert capsys.readouterr().err.count("each configuration is decoded alone") == 1
+    assert all("decode" not in r for r in _predictions(tmp_path / "r" / "predictions.jsonl").values())
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["batch_decode"] is False

@@ -17,7 +17,7 @@ from dynamickv import compress
 from dynamickv.cache import CompressedLayer, cache_kwarg, compressed_layers, fork_cache, output_cache
 from dynamickv.compressor import attach_key_mask
 from dynamickv.decode_step import layer_weights
-from dynamickv.errors import InputError
+from dynamickv.errors import InputError, UnsupportedModelError
 from dynamickv.serving import BatchDecoder, parse_mode, serve
 from tiny import one_thread, tiny_model
 
@@ -61,6 +61,7 @@ def _prefill(model, ids, method, budget):
         ("qwen3", "fused"),
         ("phi3", "fused"),
         ("qwen3", "plain"),
+        ("gemma3", "plain"),  # local layers (window 32) stay uncompressed and slide while decoding
         ("llama", "fused:matmul"),
         ("qwen3", "fused:flex"),
         pytest.param("llama", "fused:splitkv", marks=needs_triton),
@@ -92,6 +93,29 @@ def _decoder(model, mode: str, **kwargs) -> BatchDecoder:
     """A decoder for ``mode``, optionally ``mode:attention``."""
     step, attention = parse_mode(mode)
     return BatchDecoder(model, mode=step, attention=attention, **kwargs)
+
+
+def test_sliding_layers_forget_what_leaves_their_window():
+    """Gemma 3's uncompressed local layers (window 32) in the static buffers: prompt tokens leave the
+    window one per step and, past 32 new tokens, the first generated ones too, as in ``generate``."""
+    model = tiny_model("gemma3")
+    prompts = _prompts((150, 20))  # the second prompt is shorter than the window
+    new = 45
+    refs = [_alone(model, ids, "snapkv:window=8", 24, new) for ids in prompts]
+    decoder = BatchDecoder(model, rows=2, max_new_tokens=new)
+    assert decoder.mode == "plain" and decoder.windows == [32, None] * 4
+    for ids in prompts:
+        cache, first, _ = _prefill(model, ids, "snapkv:window=8", 24)
+        decoder.add(cache, first)
+    decoder.run()
+    for row, ref in enumerate(refs):
+        assert torch.equal(decoder.pop(row), ref)
+    with pytest.raises(UnsupportedModelError, match="does not handle uncompressed sliding-window layers"):
+        BatchDecoder(model, rows=1, max_new_tokens=2, mode="fused")
+    with pytest.raises(UnsupportedModelError, match="one request per cache"):
+        with compress(model, "snapkv:window=8", 24):
+            two = model(input_ids=torch.stack([prompts[0][:20], prompts[1]]), use_cache=True)
+        BatchDecoder(model, rows=2, max_new_tokens=2).add(output_cache(two), two.logits[:, -1].argmax(-1))
 
 
 def test_joining_requests_get_their_own_answers():

@@ -66,7 +66,8 @@ class StaticDecoder:
 
     Args:
         model: the model the cache was made with.
-        cache: the compressed cache after prefill (every attention layer compressed).
+        cache: the compressed cache after prefill (every attention layer compressed, or left
+            uncompressed with a sliding window: then one request, see ``BatchDecoder.add``).
         max_new_tokens: capacity reserved per layer.
         graph: capture the step as a CUDA graph (default: when on one CUDA device).
         mode: how a step is computed (``auto``, ``plain``, ``functional``, ``fused``, ``compiled``;
@@ -83,13 +84,21 @@ class StaticDecoder:
         mode: str = "auto",
         attention: str = "sdpa",
     ) -> None:
-        from .serving import BatchDecoder
+        from .serving import BatchDecoder, window_prompt
 
-        if not all(hasattr(layer, "padded_prompt") for layer in cache.layers):
-            raise UnsupportedModelError("the static decoder needs every layer compressed (no sliding layers)")
-        prompts = [layer.padded_prompt()[0] for layer in cache.layers]
-        for layer in cache.layers:
-            check_static_window(layer, max_new_tokens)
+        windows = BatchDecoder.uncompressed_windows(model)
+        layers = list(cache.layers)
+        if len(layers) != len(windows) or not all(
+            w is not None or hasattr(la, "padded_prompt") for la, w in zip(layers, windows)
+        ):
+            raise UnsupportedModelError("the static decoder needs every layer compressed or sliding")
+        prompts = [
+            la.padded_prompt()[0] if w is None else window_prompt(la, w)[0]
+            for la, w in zip(layers, windows, strict=True)
+        ]
+        for layer, w in zip(layers, windows, strict=True):
+            if w is None:
+                check_static_window(layer, max_new_tokens)
         self.cache = cache
         self.capacity = max_new_tokens
         self.decoder = BatchDecoder(

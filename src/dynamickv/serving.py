@@ -13,6 +13,12 @@ different counts per KV head), so an additive mask ``[rows, kv_heads, slots]`` h
 unused slots. Prompts are read only through the cache layers' ``padded_prompt()`` view and its
 ``valid`` mask, whatever the layer's storage.
 
+Uncompressed sliding-window layers next to compressed ones (Gemma 3's local layers) hold their last
+``W - 1`` prompt tokens in the same layout; each of their slots also records its token's position, and
+the step hides the slots a query at position ``p`` can no longer see (``position <= p - W``, the
+model's own sliding rule), so prompt tokens, and generated ones when ``max_new_tokens >= W``, leave
+the window exactly as they would in ``model.generate``.
+
 Per-row state (next token, tokens generated, position, still running) lives on the device and is
 updated inside the captured step: a row that reaches EOS or its own ``max_new_tokens`` stops
 writing results and the others go on; the host only looks every few steps (:meth:`finished`),
@@ -79,6 +85,11 @@ class _SlotLayer(DynamicLayer):
     def attention(self, module, query, key, value, impl: str, inner, **kwargs):
         """The attention wrapper's static branch: attend to this layer's valid slots only."""
         mask = self.decoder.buffers[self.index][2].unsqueeze(2)  # [rows, kv_heads, 1, slots]
+        window = self.decoder.windows[self.index]
+        if window is not None:  # hide what slid out of the window: position <= p - W
+            positions = self.decoder.slot_positions[self.index]
+            gone = positions <= (self.decoder.pos.to(positions.device) - window).view(-1, 1)
+            mask = mask.masked_fill(gone[:, None, None, :], torch.finfo(mask.dtype).min)
         scaling = kwargs.pop("scaling", None) or module.scaling
         if impl == "eager":  # the model's own eager attention, the mask spread over query heads
             mask = mask.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
@@ -102,7 +113,8 @@ class BatchDecoder:
     """Greedy decoding of up to ``rows`` compressed requests at once, from static buffers.
 
     Args:
-        model: the model the caches were made with (every layer compressed: no sliding layers).
+        model: the model the caches were made with (every layer compressed, or the others sliding:
+            Gemma 3's local layers).
         rows: concurrent requests (the batch of every step).
         max_new_tokens: tokens a request may generate (its first token, from prefill, included).
         prompt_slots: kept prompt tokens each layer can hold per row (an int for every layer, or a
@@ -114,19 +126,31 @@ class BatchDecoder:
             ``"fused"``: :mod:`.decode_step`'s functional step with one GEMV for q/k/v and one for
             gate/up; ``"functional"``: the same step with separate GEMVs (to measure what fusing
             buys); ``"compiled"``: ``"fused"`` with the per-layer function ``torch.compile``-d.
-            ``"auto"`` (default): ``"fused"`` where the family supports it and the model is on
-            one device, else ``"plain"``.
+            ``"auto"`` (default): ``"fused"`` where the family supports it, the model is on one
+            device and every layer is compressed, else ``"plain"``.
         attention: the functional step's attention kernel, one of
             :data:`~dynamickv.decode_step.ATTENTIONS` (default ``"sdpa"``); ignored by ``"plain"``.
     """
 
     @staticmethod
-    def supports(model: torch.nn.Module) -> bool:
-        """Whether the static buffers can hold ``model``: every layer compressed. Sliding-window layers
-        left uncompressed next to full-attention ones (Gemma 3's local layers) are not."""
+    def uncompressed_windows(model: torch.nn.Module) -> list[int | None]:
+        """Per layer, the window of an uncompressed sliding layer (Gemma 3's local layers), ``None``
+        for a compressed layer."""
         from .compressor import compressible_layers
+        from .sliding import layer_windows
 
-        return compressible_layers(model) == list(range(model.config.get_text_config().num_hidden_layers))
+        compressed = set(compressible_layers(model))
+        return [None if i in compressed else w for i, w in enumerate(layer_windows(model))]
+
+    @staticmethod
+    def supports(model: torch.nn.Module) -> bool:
+        """Whether the static buffers can hold ``model``: every layer is compressed or slides (an
+        uncompressed layer without a window would need the whole prompt)."""
+        from .compressor import compressible_layers
+        from .sliding import layer_windows
+
+        compressed = set(compressible_layers(model))
+        return all(i in compressed or w is not None for i, w in enumerate(layer_windows(model)))
 
     def __init__(
         self,
@@ -151,7 +175,9 @@ class BatchDecoder:
         config = model.config.get_text_config()
         n_layers = config.num_hidden_layers
         if not self.supports(model):
-            raise UnsupportedModelError("the static decoder needs every layer compressed (no sliding layers)")
+            raise UnsupportedModelError("the static decoder needs every layer compressed or sliding")
+        #: Per layer, the window of an uncompressed sliding layer (``None``: a compressed layer).
+        self.windows = self.uncompressed_windows(model)
         self._compressor = Compressor(model, "fullkv", budget=1)
         modules = sorted(self._compressor._modules, key=lambda m: m.layer_idx)
         self._modules = modules
@@ -169,9 +195,21 @@ class BatchDecoder:
         if graph and not one_cuda:
             raise UnsupportedModelError("CUDA graph decoding needs every layer on one CUDA device")
         self.graph_on = one_cuda if graph is None else graph
+        #: Per sliding layer, each slot's token position ``[rows, slots]`` (``None`` elsewhere).
+        self.slot_positions: list[torch.Tensor | None] = [
+            None if w is None else self._alloc_positions(k.device, k.shape[-2])
+            for w, (k, _, _) in zip(self.windows, self.buffers, strict=True)
+        ]
         self.step_fn: FusedStep | None = None
+        sliding = any(w is not None for w in self.windows)
+        if sliding and mode not in ("auto", "plain"):
+            raise UnsupportedModelError(
+                f"decode mode {mode!r} does not handle uncompressed sliding-window layers; use 'plain'"
+            )
         if mode == "auto":
             try:
+                if sliding:
+                    raise UnsupportedModelError("sliding layers")
                 self.step_fn, mode = FusedStep.for_model(model, attention=attention), "fused"
             except UnsupportedModelError:
                 mode = "plain"
@@ -211,6 +249,9 @@ class BatchDecoder:
         mask = torch.full(shape[:3], torch.finfo(self.dtype).min, dtype=self.dtype, device=device)
         return keys, torch.zeros_like(keys), mask
 
+    def _alloc_positions(self, device: torch.device, slots: int) -> torch.Tensor:
+        return torch.zeros(self.rows, slots, dtype=torch.long, device=device)
+
     def _grow(self, layer: int, slots: int) -> None:
         """Room for ``slots`` prompt tokens in ``layer``, keeping every row's contents."""
         old = self.buffers[layer]
@@ -219,6 +260,11 @@ class BatchDecoder:
         for o, n in zip(old, new, strict=True):
             n[:, :, :used] = o[:, :, :used]
         self.buffers[layer] = new
+        positions = self.slot_positions[layer]
+        if positions is not None:
+            grown = self._alloc_positions(positions.device, new[0].shape[-2])
+            grown[:, :used] = positions[:, :used]
+            self.slot_positions[layer] = grown
         self.prompt_slots[layer] = slots
         self.graph = None
 
@@ -250,19 +296,30 @@ class BatchDecoder:
         """Admit the requests of ``cache`` (one per batch row, each repeated ``copies`` times) into
         free rows; returns their rows. ``first_token``: each request's greedy token from prefill.
 
-        The cache must come straight from a compressed prefill (every layer compressed)."""
+        The cache must come straight from a compressed prefill (every layer compressed, except the
+        sliding layers the decoder was made for)."""
         layers = list(cache.layers)
-        if len(layers) != len(self.buffers) or not all(hasattr(la, "padded_prompt") for la in layers):
-            raise UnsupportedModelError("the static decoder needs every layer compressed (no sliding layers)")
-        prompts = [la.padded_prompt() for la in layers]
+        compressed = [la for la, w in zip(layers, self.windows) if w is None]
+        if len(layers) != len(self.buffers) or not all(hasattr(la, "padded_prompt") for la in compressed):
+            raise UnsupportedModelError("the static decoder needs every layer compressed or sliding")
+        seen = int(compressed[0].seen)
+        prompts = [
+            la.padded_prompt() if w is None else window_prompt(la, w)
+            for la, w in zip(layers, self.windows, strict=True)
+        ]
         new_tokens = self.capacity if max_new_tokens is None else max_new_tokens
-        for la in layers:
+        for la in compressed:
             check_static_window(la, new_tokens)
-        for la, (k, _, _) in zip(layers, prompts, strict=True):
-            stored = getattr(la, "keys", None)
+        for la, w, (k, _, _) in zip(layers, self.windows, prompts, strict=True):
+            stored = getattr(la, "keys", None) if w is None else None
             if isinstance(stored, torch.Tensor) and stored.dim() == 4 and stored.shape[-2] > k.shape[-2]:
                 raise RuntimeError("the static decoder starts right after prefill")
         n_req = prompts[0][0].shape[0]
+        if n_req > 1 and len(compressed) < len(layers):
+            raise UnsupportedModelError(
+                "with uncompressed sliding layers the static decoder takes one request per cache "
+                "(their padding is not recorded)"
+            )
         new = self.capacity if max_new_tokens is None else max_new_tokens
         if not 1 <= new <= self.capacity:
             raise InputError(f"max_new_tokens must be between 1 and the decoder's {self.capacity}")
@@ -278,8 +335,15 @@ class BatchDecoder:
         first = torch.as_tensor(first_token, device=self.device).view(-1).repeat_interleave(copies)
         if first.numel() != targets.numel():
             raise InputError(f"{first.numel()} first tokens for {targets.numel()} rows")
+        for i, positions in enumerate(self.slot_positions):
+            if positions is not None:
+                held = prompts[i][0].shape[-2]
+                r = targets.to(positions.device)
+                gen = torch.arange(self.capacity, device=positions.device) + seen
+                kept = torch.arange(seen - held, seen, device=positions.device)
+                positions[r, : self.capacity] = gen
+                positions[r, self.capacity : self.capacity + held] = kept
         t = targets.to(self.device)
-        seen = int(layers[0].seen)
         self.tok[t], self.gen[t], self.seen[t], self.pos[t] = first, 0, seen, seen
         self.limit[t] = new - 1
         self.out[t, 0] = first
@@ -440,6 +504,13 @@ class BatchDecoder:
         """Decode until no row is running, looking every ``sync_every`` steps."""
         while self.running():
             self.decode(sync_every)
+
+
+def window_prompt(layer: Any, window: int) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """An uncompressed sliding layer's prompt tokens a next query can still see: its last ``W - 1``
+    (what ``transformers``' sliding layer keeps), as ``(keys, values, valid)``."""
+    keep = window - 1
+    return layer.keys[:, :, -keep:], layer.values[:, :, -keep:], None
 
 
 def _sync(device: torch.device) -> None:

@@ -238,8 +238,8 @@ def run(
 
     ``batch_decode``: under the ``raw`` protocol with a shared prefill, decode a sample's compressed
     configurations together (:func:`batched_predictions`; FullKV, the reference, is decoded alone).
-    Models with uncompressed sliding-window layers (Gemma 3) always decode one configuration at a time;
-    ``config.json`` records which was used.
+    A model the batched decoder cannot hold decodes one configuration at a time; ``config.json``
+    records which was used.
     ``protocol`` says what is compressed and what is fed after it (:data:`dynamickv.eval.prompts.PROTOCOLS`;
     default ``"raw"``, the papers'); it is stored in ``config.json`` and stated in ``summary.md``.
 
@@ -267,12 +267,12 @@ def run(
     if max_new_tokens is not None and max_new_tokens <= 0:
         raise InputError(f"max_new_tokens must be positive, got {max_new_tokens}")
 
-    # The batched decoder holds every layer in static buffers; a model with sliding-window layers left
-    # uncompressed (Gemma 3's local layers) decodes each configuration alone instead.
+    # The batched decoder holds every layer in static buffers: compressed ones and sliding windows
+    # (Gemma 3's local layers). A model with other uncompressed layers decodes each configuration alone.
     if batch_decode and protocol == "raw" and shared_prefill and not BatchDecoder.supports(model):
         batch_decode = False
         if shard is None or shard.main:
-            log("sliding-window layers stay uncompressed: each configuration is decoded alone (slower)")
+            log("the batched decoder cannot hold this model: each configuration is decoded alone (slower)")
 
     # -- configuration and output folder ------------------------------------------------------------
     name = model_name or getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
