@@ -2,6 +2,10 @@
 
     python benchmarks/paired_compare.py RUN [RUN ...] --a SPEC --b SPEC [--out FILE.json] [--plot FILE.png]
     python benchmarks/paired_compare.py --from-json FILE.json --plot FILE.png   # redraw a saved comparison
+    python benchmarks/paired_compare.py RUN --peer RUN/peer.*.jsonl --a dynamickv-auto --b kvpress-snapkv
+
+``--peer``: kvpress's answers to the run's prompts (``benchmarks/kvpress_quality_peer.py``), scored
+here sample by sample with the run's own scorer, so a kvpress press can be either side.
 
 Why: two methods scored on the same samples differ on few of them, and a difference of averages
 says nothing about whether it is more than those few answers. For each run and budget this reports
@@ -23,12 +27,27 @@ from figures import pyplot, save
 DRAWS = 2000
 
 
-def _scores(run: Path) -> dict[tuple[str, str, str], tuple[str, float]]:
+def _scores(run: Path, peer: list[Path] = ()) -> dict[tuple[str, str, str], tuple[str, float]]:
     out = {}
+    answers = {}
     for line in (run / "predictions.jsonl").read_text().splitlines():
         if line.strip():
             r = json.loads(line)
             out[(r["method"], str(r["budget"]), r["uid"])] = (r["task"], float(r["score"]))
+            answers[r["uid"]] = r.get("answers")
+    if peer:
+        from dynamickv.eval.base import Sample
+        from dynamickv.eval.runner import get_scorer
+
+        scorer = get_scorer(json.loads((run / "config.json").read_text())["benchmark"])
+        for path in peer:
+            for line in path.read_text().splitlines():
+                r = json.loads(line) if line.strip() else {}
+                if answers.get(r.get("uid")) is not None and "error" not in r:
+                    # the scorers read a sample's task and answers (and a length for breakdowns)
+                    sample = Sample(r["task"], 0, "", answers[r["uid"]], 0, "")
+                    got = scorer.task(r["task"], [sample], [r["prediction"]])[0]
+                    out[(r["method"], str(r["budget"]), r["uid"])] = (r["task"], float(got))
     return out
 
 
@@ -36,8 +55,8 @@ def _task_mean(by_task: dict[str, list[float]]) -> float:
     return sum(sum(v) / len(v) for v in by_task.values()) / len(by_task)
 
 
-def compare(run: Path, a: str, b: str, seed: int = 0) -> list[dict]:
-    scores = _scores(run)
+def compare(run: Path, a: str, b: str, seed: int = 0, peer: list[Path] = ()) -> list[dict]:
+    scores = _scores(run, peer)
     budgets = sorted({k[1] for k in scores if k[0] == a}, key=lambda x: int(x) if x.isdigit() else 0)
     rows = []
     for budget in budgets:
@@ -115,6 +134,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--plot", type=Path, help="draw the comparison as a forest plot (PNG)")
     ap.add_argument("--from-json", type=Path, help="a saved comparison (--out) to draw instead of runs")
+    ap.add_argument("--peer", type=Path, nargs="+", default=[], help="kvpress answers to one run's prompts")
     args = ap.parse_args()
     if args.from_json:
         saved = json.loads(args.from_json.read_text())
@@ -124,7 +144,9 @@ def main() -> None:
         return
     if not args.runs or not args.a or not args.b:
         ap.error("give one or more runs with --a and --b, or --from-json")
-    rows = [r for run in args.runs for r in compare(run, args.a, args.b)]
+    if args.peer and len(args.runs) != 1:
+        ap.error("--peer goes with one run")
+    rows = [r for run in args.runs for r in compare(run, args.a, args.b, peer=args.peer)]
     print(f"A = {args.a}\nB = {args.b}\n")
     print("| run | B | samples | A - B | 95% interval | A higher / lower |")
     print("|---|---:|---:|---:|---|---|")

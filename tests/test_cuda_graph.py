@@ -36,7 +36,9 @@ def test_captured_rows_equal_eager_rows_and_generate(family, mode):
     refs, caches = [], []
     for ids in prompts:
         with compress(model, "snapkv:window=8", 24):
-            refs.append(model.generate(ids.view(1, -1), max_new_tokens=new, do_sample=False)[0, ids.numel() :])
+            refs.append(
+                model.generate(ids.view(1, -1), max_new_tokens=new, do_sample=False)[0, ids.numel() :]
+            )
             out = model(input_ids=ids.view(1, -1), use_cache=True, logits_to_keep=1)
         caches.append((output_cache(out), out.logits[:, -1].argmax(-1)))
     for graph in (True, False):
