@@ -1,9 +1,9 @@
 """The static decoders' CUDA-graph step equals the same step run eagerly, and ``generate``.
 
 Needs a CUDA device (skipped in CI); run on a GPU host with ``pytest tests/test_cuda_graph.py``.
-Gemma 3 is the case to watch: its local layers' window mask is computed inside the captured step, and
-its forward builds two kinds of attention masks, either of which could sync with the host and break
-the capture.
+The sliding models are the cases to watch: their window mask is updated inside the captured step, and
+Gemma 3's forward builds two kinds of attention masks, either of which could sync with the host and
+break the capture.
 """
 
 from __future__ import annotations
@@ -27,9 +27,17 @@ def _exact_fp32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-@pytest.mark.parametrize("family,mode", [("gemma3", "plain"), ("llama", "plain"), ("llama", "fused")])
-def test_captured_rows_equal_eager_rows_and_generate(family, mode):
-    model = tiny_model(family).to("cuda")
+@pytest.mark.parametrize(
+    "family,mode,overrides",
+    [
+        ("gemma3", "plain", {}),
+        ("llama", "plain", {}),
+        ("llama", "fused", {}),
+        ("mistral", "fused", {"sliding_window": 32}),  # every layer compressed and sliding
+    ],
+)
+def test_captured_rows_equal_eager_rows_and_generate(family, mode, overrides):
+    model = tiny_model(family, **overrides).to("cuda")
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(3, 256, (n,), generator=g).to("cuda") for n in (150, 20, 230)]
     new = 45  # past the tiny Gemma's window (32): generated tokens leave it too

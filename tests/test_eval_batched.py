@@ -46,27 +46,30 @@ def test_batched_decoding_equals_decoding_each_alone(tmp_path):
     assert json.loads((tmp_path / "batch" / "config.json").read_text())["batch_decode"] is True
 
 
-def test_sliding_window_model_decodes_configurations_together(tmp_path, capsys):
-    """Gemma 3 keeps its local layers uncompressed; the batched decoder holds them too (their window
-    slides while decoding), so its configurations decode together and answer as each alone."""
+@pytest.mark.parametrize("family", ["gemma3", "mistral"])
+def test_sliding_window_model_decodes_configurations_together(tmp_path, capsys, family):
+    """Sliding layers in the batched decoder forget what leaves their window, as decoding alone does:
+    Gemma 3's uncompressed local layers, and a model whose every layer slides (compressed, per KV
+    head). 40 new tokens also push the first generated ones out of a 32-token window."""
     from tiny import tiny_model
 
     tok = eval_tokenizer()
+    gemma = family == "gemma3"
     model = tiny_model(
-        "gemma3",
+        family,
         vocab_size=len(tok),
         num_hidden_layers=4,
-        layer_types=["sliding_attention", "full_attention"] * 2,
         max_position_embeddings=1024,
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=1,
+        **({"layer_types": ["sliding_attention", "full_attention"] * 2} if gemma else {"sliding_window": 32}),
     )
     model.generation_config.eos_token_id = None
     samples = make_samples(2, seed=5)
     for s in samples:
-        s.max_new_tokens = 40  # longer than the window (32): generated tokens leave it too
-    kw = dict(methods=["snapkv:window=8", "dynamickv", "streamingllm"], budgets=[40], protocol="raw")
+        s.max_new_tokens = 40
+    kw = dict(methods=["snapkv:window=8", "dynamickv", "streamingllm"], budgets=[24], protocol="raw")
     run_grid(samples, model, tok, tmp_path / "one", batch_decode=False, **kw)
     run_grid(samples, model, tok, tmp_path / "batch", batch_decode=True, **kw)
     assert "decoded alone" not in capsys.readouterr().err
@@ -76,10 +79,14 @@ def test_sliding_window_model_decodes_configurations_together(tmp_path, capsys):
     for key, r in one.items():
         assert batch[key]["prediction"] == r["prediction"], key
         assert batch[key].get("decode") == (None if key[1] == "fullkv" else "batched")
-        local, compressed = r["kept_tokens_per_layer"][0::2], r["kept_tokens_per_layer"][1::2]
-        assert local == [31, 31]  # the local layers keep their window whatever the method
+        if gemma:
+            local, compressed = r["kept_tokens_per_layer"][0::2], r["kept_tokens_per_layer"][1::2]
+            assert local == [31, 31]  # the local layers keep their window whatever the method
+        else:
+            compressed = r["kept_tokens_per_layer"]
+            assert max(compressed) <= 31  # a sliding layer keeps at most what it can still see
         if key[1] != "fullkv":
-            assert sum(compressed) == 2 * 40  # the budget is spent on the full-attention layers
+            assert sum(compressed) == len(compressed) * 24  # the budget is spent on the compressed layers
     assert len({r["prediction"] for r in one.values()}) > 2  # the configurations answer differently
     assert json.loads((tmp_path / "batch" / "config.json").read_text())["batch_decode"] is True
 

@@ -182,12 +182,18 @@ def test_padded_batch_with_budget_covering_the_prompt_equals_uncompressed():
         assert torch.equal(out, ref), name
 
 
-def test_static_decoder_refuses_to_cross_the_window():
-    from dynamickv.errors import UnsupportedModelError
+@pytest.mark.parametrize("mode", ["plain", "fused"])
+def test_static_decoder_forgets_what_leaves_the_window(mode):
+    """Kept tokens leave a compressed sliding layer's window while decoding (per KV head, by their
+    original positions), in the static buffers as in ``generate``; 60 new tokens also push the first
+    generated ones out of the window (48)."""
     from dynamickv.fast import StaticDecoder
 
     model = sliding_model("mistral")
+    ids = prompt(100)
     with compress(model, "snapkv", 40):
-        cache = model(prompt(100), use_cache=True).past_key_values
-    with pytest.raises(UnsupportedModelError, match="sliding window"):
-        StaticDecoder(model, cache, max_new_tokens=8, graph=False)
+        ref = model.generate(ids, max_new_tokens=60, do_sample=False)[:, 100:]
+        out = model(ids, use_cache=True, logits_to_keep=1)
+    decoder = StaticDecoder(model, out.past_key_values, max_new_tokens=60, graph=False, mode=mode)
+    assert decoder.decoder.mode == mode
+    assert torch.equal(decoder.generate(out.logits[:, -1].argmax(-1), 60), ref)

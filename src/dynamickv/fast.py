@@ -22,7 +22,6 @@ import torch
 from transformers.cache_utils import Cache
 
 from .errors import UnsupportedModelError
-from .sliding import check_static_window
 
 
 @contextmanager
@@ -96,9 +95,6 @@ class StaticDecoder:
             la.padded_prompt()[0] if w is None else window_prompt(la, w)[0]
             for la, w in zip(layers, windows, strict=True)
         ]
-        for layer, w in zip(layers, windows, strict=True):
-            if w is None:
-                check_static_window(layer, max_new_tokens)
         self.cache = cache
         self.capacity = max_new_tokens
         self.decoder = BatchDecoder(

@@ -13,11 +13,12 @@ different counts per KV head), so an additive mask ``[rows, kv_heads, slots]`` h
 unused slots. Prompts are read only through the cache layers' ``padded_prompt()`` view and its
 ``valid`` mask, whatever the layer's storage.
 
-Uncompressed sliding-window layers next to compressed ones (Gemma 3's local layers) hold their last
-``W - 1`` prompt tokens in the same layout; each of their slots also records its token's position, and
-the step hides the slots a query at position ``p`` can no longer see (``position <= p - W``, the
-model's own sliding rule), so prompt tokens, and generated ones when ``max_new_tokens >= W``, leave
-the window exactly as they would in ``model.generate``.
+Sliding-window layers: every slot of such a layer also records its token's position, and each step
+first hides, in the mask itself, the slots its query at position ``p`` can no longer see
+(``position <= p - W``, the model's own sliding rule). Prompt tokens, and generated ones when
+``max_new_tokens >= W``, leave the window exactly as they would in ``model.generate``, per KV head
+for a compressed layer (Mistral-7B-v0.1, Phi-3-mini: heads keep different positions). An uncompressed
+sliding layer next to compressed ones (Gemma 3's local layers) holds its last ``W - 1`` prompt tokens.
 
 Per-row state (next token, tokens generated, position, still running) lives on the device and is
 updated inside the captured step: a row that reaches EOS or its own ``max_new_tokens`` stops
@@ -41,7 +42,7 @@ from .cache import cache_kwarg, output_cache
 from .decode_step import FusedStep, check_attention, grouped_attention, write_slot
 from .errors import InputError, UnsupportedModelError
 from .methods import RECOMMENDED
-from .sliding import check_static_window
+from .sliding import layer_windows
 
 _ALIGN = 16
 #: How a decode step is computed (see :class:`BatchDecoder`).
@@ -85,11 +86,6 @@ class _SlotLayer(DynamicLayer):
     def attention(self, module, query, key, value, impl: str, inner, **kwargs):
         """The attention wrapper's static branch: attend to this layer's valid slots only."""
         mask = self.decoder.buffers[self.index][2].unsqueeze(2)  # [rows, kv_heads, 1, slots]
-        window = self.decoder.windows[self.index]
-        if window is not None:  # hide what slid out of the window: position <= p - W
-            positions = self.decoder.slot_positions[self.index]
-            gone = positions <= (self.decoder.pos.to(positions.device) - window).view(-1, 1)
-            mask = mask.masked_fill(gone[:, None, None, :], torch.finfo(mask.dtype).min)
         scaling = kwargs.pop("scaling", None) or module.scaling
         if impl == "eager":  # the model's own eager attention, the mask spread over query heads
             mask = mask.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
@@ -114,7 +110,7 @@ class BatchDecoder:
 
     Args:
         model: the model the caches were made with (every layer compressed, or the others sliding:
-            Gemma 3's local layers).
+            Gemma 3's local layers; sliding layers, compressed or not, forget what leaves the window).
         rows: concurrent requests (the batch of every step).
         max_new_tokens: tokens a request may generate (its first token, from prefill, included).
         prompt_slots: kept prompt tokens each layer can hold per row (an int for every layer, or a
@@ -126,8 +122,8 @@ class BatchDecoder:
             ``"fused"``: :mod:`.decode_step`'s functional step with one GEMV for q/k/v and one for
             gate/up; ``"functional"``: the same step with separate GEMVs (to measure what fusing
             buys); ``"compiled"``: ``"fused"`` with the per-layer function ``torch.compile``-d.
-            ``"auto"`` (default): ``"fused"`` where the family supports it, the model is on one
-            device and every layer is compressed, else ``"plain"``.
+            ``"auto"`` (default): ``"fused"`` where the family supports it and the model is on
+            one device, else ``"plain"``.
         attention: the functional step's attention kernel, one of
             :data:`~dynamickv.decode_step.ATTENTIONS` (default ``"sdpa"``); ignored by ``"plain"``.
     """
@@ -176,8 +172,9 @@ class BatchDecoder:
         n_layers = config.num_hidden_layers
         if not self.supports(model):
             raise UnsupportedModelError("the static decoder needs every layer compressed or sliding")
-        #: Per layer, the window of an uncompressed sliding layer (``None``: a compressed layer).
-        self.windows = self.uncompressed_windows(model)
+        #: Per layer, its sliding window (``None``: full attention), and whether it stays uncompressed.
+        self.windows = layer_windows(model)
+        self.uncompressed = [w is not None for w in self.uncompressed_windows(model)]
         self._compressor = Compressor(model, "fullkv", budget=1)
         modules = sorted(self._compressor._modules, key=lambda m: m.layer_idx)
         self._modules = modules
@@ -195,21 +192,14 @@ class BatchDecoder:
         if graph and not one_cuda:
             raise UnsupportedModelError("CUDA graph decoding needs every layer on one CUDA device")
         self.graph_on = one_cuda if graph is None else graph
-        #: Per sliding layer, each slot's token position ``[rows, slots]`` (``None`` elsewhere).
+        #: Per sliding layer, each slot's token position ``[rows, kv_heads, slots]`` (``None`` elsewhere).
         self.slot_positions: list[torch.Tensor | None] = [
             None if w is None else self._alloc_positions(k.device, k.shape[-2])
             for w, (k, _, _) in zip(self.windows, self.buffers, strict=True)
         ]
         self.step_fn: FusedStep | None = None
-        sliding = any(w is not None for w in self.windows)
-        if sliding and mode not in ("auto", "plain"):
-            raise UnsupportedModelError(
-                f"decode mode {mode!r} does not handle uncompressed sliding-window layers; use 'plain'"
-            )
         if mode == "auto":
             try:
-                if sliding:
-                    raise UnsupportedModelError("sliding layers")
                 self.step_fn, mode = FusedStep.for_model(model, attention=attention), "fused"
             except UnsupportedModelError:
                 mode = "plain"
@@ -250,7 +240,7 @@ class BatchDecoder:
         return keys, torch.zeros_like(keys), mask
 
     def _alloc_positions(self, device: torch.device, slots: int) -> torch.Tensor:
-        return torch.zeros(self.rows, slots, dtype=torch.long, device=device)
+        return torch.zeros(self.rows, self.kv_heads, slots, dtype=torch.long, device=device)
 
     def _grow(self, layer: int, slots: int) -> None:
         """Room for ``slots`` prompt tokens in ``layer``, keeping every row's contents."""
@@ -263,7 +253,7 @@ class BatchDecoder:
         positions = self.slot_positions[layer]
         if positions is not None:
             grown = self._alloc_positions(positions.device, new[0].shape[-2])
-            grown[:, :used] = positions[:, :used]
+            grown[..., :used] = positions[..., :used]
             self.slot_positions[layer] = grown
         self.prompt_slots[layer] = slots
         self.graph = None
@@ -299,19 +289,16 @@ class BatchDecoder:
         The cache must come straight from a compressed prefill (every layer compressed, except the
         sliding layers the decoder was made for)."""
         layers = list(cache.layers)
-        compressed = [la for la, w in zip(layers, self.windows) if w is None]
+        compressed = [la for la, u in zip(layers, self.uncompressed) if not u]
         if len(layers) != len(self.buffers) or not all(hasattr(la, "padded_prompt") for la in compressed):
             raise UnsupportedModelError("the static decoder needs every layer compressed or sliding")
         seen = int(compressed[0].seen)
         prompts = [
-            la.padded_prompt() if w is None else window_prompt(la, w)
-            for la, w in zip(layers, self.windows, strict=True)
+            window_prompt(la, w) if u else la.padded_prompt()
+            for la, w, u in zip(layers, self.windows, self.uncompressed, strict=True)
         ]
-        new_tokens = self.capacity if max_new_tokens is None else max_new_tokens
-        for la in compressed:
-            check_static_window(la, new_tokens)
-        for la, w, (k, _, _) in zip(layers, self.windows, prompts, strict=True):
-            stored = getattr(la, "keys", None) if w is None else None
+        for la, u, (k, _, _) in zip(layers, self.uncompressed, prompts, strict=True):
+            stored = None if u else getattr(la, "keys", None)
             if isinstance(stored, torch.Tensor) and stored.dim() == 4 and stored.shape[-2] > k.shape[-2]:
                 raise RuntimeError("the static decoder starts right after prefill")
         n_req = prompts[0][0].shape[0]
@@ -337,12 +324,7 @@ class BatchDecoder:
             raise InputError(f"{first.numel()} first tokens for {targets.numel()} rows")
         for i, positions in enumerate(self.slot_positions):
             if positions is not None:
-                held = prompts[i][0].shape[-2]
-                r = targets.to(positions.device)
-                gen = torch.arange(self.capacity, device=positions.device) + seen
-                kept = torch.arange(seen - held, seen, device=positions.device)
-                positions[r, : self.capacity] = gen
-                positions[r, self.capacity : self.capacity + held] = kept
+                self._write_positions(i, layers[i], prompts[i][0].shape[-2], seen, targets, copies)
         t = targets.to(self.device)
         self.tok[t], self.gen[t], self.seen[t], self.pos[t] = first, 0, seen, seen
         self.limit[t] = new - 1
@@ -373,6 +355,29 @@ class BatchDecoder:
             buf_v[r, :, start : start + width] = values[i].expand(shape)
             buf_m[r, :, start : start + width] = mask[i].expand(shape[:3])
 
+    def _write_positions(self, layer: int, source, held: int, seen: int, targets, copies: int) -> None:
+        """A sliding layer's slot positions for the new rows: generated token ``t`` at ``seen + t``,
+        then the kept prompt tokens' own positions (per KV head; the last ``held`` before ``seen`` for
+        an uncompressed layer)."""
+        positions = self.slot_positions[layer]
+        device = positions.device
+        if self.uncompressed[layer]:
+            kept = torch.arange(seen - held, seen, device=device).expand(targets.numel(), self.kv_heads, held)
+        else:
+            kept = source.positions[:, :, :held].to(device).repeat_interleave(copies, dim=0)
+        r = targets.to(device)
+        positions[r, :, : self.capacity] = torch.arange(self.capacity, device=device) + seen
+        positions[r, :, self.capacity : self.capacity + held] = kept
+
+    def _slide(self) -> None:
+        """Hide, in the mask itself, the sliding layers' slots every row's next query can no longer
+        see (``position <= p - W``). A slot once out stays out, so the mask can be changed in place,
+        inside the captured step, for the plain and the fused steps alike."""
+        for (_, _, mask), positions, window in zip(self.buffers, self.slot_positions, self.windows):
+            if positions is not None:
+                limit = (self.pos.to(positions.device) - window).view(-1, 1, 1)
+                mask.masked_fill_(positions <= limit, torch.finfo(mask.dtype).min)
+
     def _is_eos(self, tokens: torch.Tensor) -> torch.Tensor:
         return (tokens.view(-1, 1) == self.eos).any(-1)
 
@@ -394,6 +399,7 @@ class BatchDecoder:
 
     # -- decoding -------------------------------------------------------------------------------
     def _logits(self) -> torch.Tensor:
+        self._slide()
         if self.step_fn is not None:
             slot, rows, heads = self._indices(self.device)
             return self.step_fn(self.tok, self.pos, self.buffers, slot, rows, heads)

@@ -105,18 +105,3 @@ def evictable(column_max: list[int], generated: int, next_query: int, window: in
     if prompt == len(column_max):  # generated tokens are younger than every prompt token
         gen = max(0, min(generated, lowest - (next_query - generated)))
     return prompt, gen
-
-
-def check_static_window(layer, max_new_tokens: int) -> None:
-    """Refuse static decoding that would move a kept token out of a sliding layer's window: the static
-    decoder's buffers do not mask tokens leaving the window (``model.generate`` inside ``compress``
-    does)."""
-    from .errors import UnsupportedModelError
-
-    window = getattr(layer, "sliding_window", None)
-    if window is not None and int(layer.positions.min()) <= layer.seen + max_new_tokens - window:
-        raise UnsupportedModelError(
-            f"decoding {max_new_tokens} tokens would move kept tokens out of the sliding window "
-            f"({window}); the static decoder does not mask them: decode with model.generate "
-            "inside compress, or fewer tokens"
-        )
