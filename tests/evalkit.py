@@ -24,16 +24,18 @@ def eval_tokenizer():
     return word_tokenizer(WORDS, join_with_spaces=False)
 
 
-def eval_model(tok) -> torch.nn.Module:
-    """tests/tiny.py's Llama, 4 layers, sized to the word vocabulary, with no BOS/EOS."""
+def eval_model(tok, family: str = "llama", **overrides) -> torch.nn.Module:
+    """tests/tiny.py's model of ``family`` (Llama by default), 4 layers, sized to the word vocabulary,
+    with no BOS/EOS; ``overrides`` go to its config."""
     model = tiny_model(
-        "llama",
+        family,
         vocab_size=len(tok),
         num_hidden_layers=4,
         max_position_embeddings=1024,
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=1,
+        **overrides,
     )
     model.generation_config.eos_token_id = None
     return model

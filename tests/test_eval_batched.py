@@ -51,21 +51,10 @@ def test_sliding_window_model_decodes_configurations_together(tmp_path, capsys, 
     """Sliding layers in the batched decoder forget what leaves their window, as decoding alone does:
     Gemma 3's uncompressed local layers, and a model whose every layer slides (compressed, per KV
     head). 40 new tokens also push the first generated ones out of a 32-token window."""
-    from tiny import tiny_model
-
     tok = eval_tokenizer()
     gemma = family == "gemma3"
-    model = tiny_model(
-        family,
-        vocab_size=len(tok),
-        num_hidden_layers=4,
-        max_position_embeddings=1024,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=1,
-        **({"layer_types": ["sliding_attention", "full_attention"] * 2} if gemma else {"sliding_window": 32}),
-    )
-    model.generation_config.eos_token_id = None
+    window = {"layer_types": ["sliding_attention", "full_attention"] * 2} if gemma else {"sliding_window": 32}
+    model = eval_model(tok, family, **window)
     samples = make_samples(2, seed=5)
     for s in samples:
         s.max_new_tokens = 40

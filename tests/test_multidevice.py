@@ -17,7 +17,10 @@ from dynamickv.fast import StaticDecoder
 from dynamickv.methods import METHODS
 from tiny import tiny_model
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.usefixtures("exact_fp32"),
+]
 
 
 def _devices() -> tuple[str, str]:
@@ -32,14 +35,6 @@ def _split(model: torch.nn.Module) -> torch.nn.Module:
         device_map[f"model.layers.{i}"] = a if i % 2 == 0 else b
     # main_device="cpu": CPU layers run on the CPU (otherwise accelerate offloads them and runs them on GPU)
     return accelerate.dispatch_model(model, device_map=device_map, main_device="cpu" if b == "cpu" else a)
-
-
-@pytest.fixture(autouse=True)
-def _exact_fp32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def _run(model: torch.nn.Module, method: str, ids: torch.Tensor, new: int):

@@ -89,6 +89,16 @@ def test_batched_rows_equal_each_request_alone(family, mode):
         assert torch.equal(row, ref)
 
 
+def _assert_rows_equal(decoder, model, prompts, refs, method, budget) -> None:
+    """Each prompt prefilled alone into ``decoder``, all decoded together: row ``i`` equals ``refs[i]``."""
+    for ids in prompts:
+        cache, first, _ = _prefill(model, ids, method, budget)
+        decoder.add(cache, first)
+    decoder.run()
+    for row, ref in enumerate(refs):
+        assert torch.equal(decoder.pop(row), ref)
+
+
 def _decoder(model, mode: str, **kwargs) -> BatchDecoder:
     """A decoder for ``mode``, optionally ``mode:attention``."""
     step, attention = parse_mode(mode)
@@ -104,12 +114,7 @@ def test_sliding_layers_forget_what_leaves_their_window():
     refs = [_alone(model, ids, "snapkv:window=8", 24, new) for ids in prompts]
     decoder = BatchDecoder(model, rows=2, max_new_tokens=new)
     assert decoder.mode == "plain" and decoder.windows == [32, None] * 4
-    for ids in prompts:
-        cache, first, _ = _prefill(model, ids, "snapkv:window=8", 24)
-        decoder.add(cache, first)
-    decoder.run()
-    for row, ref in enumerate(refs):
-        assert torch.equal(decoder.pop(row), ref)
+    _assert_rows_equal(decoder, model, prompts, refs, "snapkv:window=8", 24)
     with pytest.raises(UnsupportedModelError, match="the fused decode step supports"):  # not Gemma 3
         BatchDecoder(model, rows=1, max_new_tokens=2, mode="fused")
     with pytest.raises(UnsupportedModelError, match="one request per cache"):
@@ -243,12 +248,7 @@ def test_compiled_steps_give_each_request_its_own_answer(attention):
     prompts = _prompts((150, 310))
     refs = [_alone(model, ids, "dynamickv", 48, 8) for ids in prompts]
     decoder = BatchDecoder(model, rows=2, max_new_tokens=8, mode="compiled", attention=attention)
-    for ids in prompts:
-        cache, first, _ = _prefill(model, ids, "dynamickv", 48)
-        decoder.add(cache, first)
-    decoder.run()
-    for row, ref in enumerate(refs):
-        assert torch.equal(decoder.pop(row), ref)
+    _assert_rows_equal(decoder, model, prompts, refs, "dynamickv", 48)
 
 
 def test_compiled_steps_of_several_kernels_stay_compiled():
