@@ -50,8 +50,12 @@ evaluate() { # out, model, benchmark, lengths, extra args...
     --device "$DEVICE" --dtype "$DTYPE" --no-progress --out "$RUNS/$out" "$@"
 }
 peer() { # run folder, model
+  python3 benchmarks/quality_peer.py prepare --run "$RUNS/$1" --out "$RUNS/$1/peer_prompts.jsonl" || return 1
+  peer_shards "$1" "$2" && python3 benchmarks/quality_peer.py score --run "$RUNS/$1" --peer "$RUNS/$1"/peer.*.jsonl
+}
+peer_shards() { # run folder (with peer_prompts.jsonl), model: kvpress over $NPROC processes; a shard
+  # file already there is resumed (its records are skipped)
   local run=$RUNS/$1 model=$2 pids=()
-  python3 benchmarks/quality_peer.py prepare --run "$run" --out "$run/peer_prompts.jsonl" || return 1
   for ((i = 0; i < NPROC; i++)); do
     PYTHONPATH=/tmp/kvsite python3 benchmarks/kvpress_quality_peer.py --model-dir "$DYNAMICKV_CACHE/models/$model" \
       --prompts "$run/peer_prompts.jsonl" --budgets "$BUDGETS" --presses "$PRESSES" --shard "$i/$NPROC" \
@@ -59,7 +63,6 @@ peer() { # run folder, model
     pids+=($!)
   done
   wait "${pids[@]}"
-  python3 benchmarks/quality_peer.py score --run "$run" --peer "$run"/peer.*.jsonl
 }
 attention() { # out, model, length
   python3 -m dynamickv.cli analyze --study attention --benchmark ruler --model "$2" --lengths "$3" --samples 2 \
@@ -69,5 +72,5 @@ attention() { # out, model, length
 
 resume() { [ -f "$RUNS/$1/config.json" ] && echo --resume; } # a step's --resume, once its run exists
 
-export -f evaluate peer attention
+export -f evaluate peer peer_shards attention
 export RUNS NPROC DEVICE DTYPE

@@ -54,6 +54,22 @@ def test_bench_batch_1_measures_the_decode_mode_asked_for(tmp_path, mode):
     assert rows and all(r["decode_static_mode"] == mode for r in rows)
 
 
+@pytest.mark.parametrize(("budget", "kept"), [(48, 48), (1024, 511)])
+def test_bench_on_a_sliding_window_shape_decodes_past_the_window(tmp_path, budget, kept):
+    """``tiny-sliding`` (Mistral-7B-v0.1's layout: every layer slides, window 512): the static decoder
+    runs on compressed sliding layers; a budget above the window keeps the window's last 511 tokens,
+    what the model itself can still see, so it costs no more than the uncompressed cache."""
+    out = tmp_path / "bench.json"
+    proc = _cli(
+        "bench", "--config", "tiny-sliding", "--device", "cpu", "--lengths", "700", "--methods",
+        "fullkv,snapkv", "--budget", str(budget), "--steps", "4", "--out", str(out),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    full, snap = json.loads(out.read_text())["rows"]
+    assert snap["kept_mean"] == kept and snap["decode_static_ms"] > 0
+    assert (snap["cache_bytes"] == full["cache_bytes"]) == (kept == 511)
+
+
 def test_bench_splitkv_without_a_gpu_is_one_line(tmp_path):
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     proc = _cli("bench", "--config", "tiny", "--device", "cpu", "--mode", "compiled:splitkv", env=env)

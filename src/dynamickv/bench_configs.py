@@ -52,3 +52,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
         max_position_embeddings=1 << 16,
     ),
 }
+
+# Mistral-7B-v0.1 and a tiny model of its layout: every layer slides, so a compressed layer's kept
+# tokens still leave the window as decoding goes on (the static decoder masks them by position)
+CONFIGS["mistral-7b-v0.1"] = {
+    **CONFIGS["mistral-7b"],
+    "vocab_size": 32000,
+    "max_position_embeddings": 32768,
+    "rope_theta": 10000.0,
+    "sliding_window": 4096,
+}
+CONFIGS["tiny-sliding"] = {**CONFIGS["tiny"], "model_type": "mistral", "sliding_window": 512}
