@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from dynamickv import compress
+from dynamickv.batch_decoder import BatchDecoder
 from dynamickv.cache import output_cache
-from dynamickv.serving import BatchDecoder
 from tiny import tiny_model
 
 pytestmark = [

@@ -83,7 +83,7 @@ def test_sliding_window_model_decodes_configurations_together(tmp_path, capsys, 
 def test_a_model_the_batched_decoder_cannot_hold_decodes_each_configuration_alone(
     tmp_path, capsys, monkeypatch
 ):
-    from dynamickv.serving import BatchDecoder
+    from dynamickv.batch_decoder import BatchDecoder
 
     tok = eval_tokenizer()
     model = eval_model(tok)

@@ -105,10 +105,10 @@ def measure(
     mode: str = "auto",
 ) -> dict[str, Any]:
     """One configuration; OOM is recorded, not raised. ``mode`` is the static decoder's
-    ``mode[:attention]`` (:func:`~dynamickv.serving.parse_mode`)."""
+    ``mode[:attention]`` (:func:`~dynamickv.batch_decoder.parse_mode`)."""
+    from .batch_decoder import parse_mode
     from .compressor import Compressor
     from .fast import StaticDecoder, chunked_prefill
-    from .serving import parse_mode
 
     row: dict[str, Any] = {"method": method, "budget": budget if method != "fullkv" else None, "tokens": n}
     ids = torch.randint(0, model.config.vocab_size, (1, n), device=device, generator=None)

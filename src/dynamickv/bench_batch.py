@@ -2,7 +2,7 @@
 
 For each context length and method: a few distinct requests are prefilled alone (time to first
 token, peak prefill memory), N rows are filled with copies of them (decode cost does not depend
-on the values), and the rows decode together in a :class:`~dynamickv.serving.BatchDecoder` (CUDA
+on the values), and the rows decode together in a :class:`~dynamickv.batch_decoder.BatchDecoder` (CUDA
 graph on GPU). With ``--max-batch``, N is the largest batch that fits (:func:`search_max_batch`).
 ``fullkv`` gives two rows: ``fullkv-plain`` (plain transformers, eager) and ``fullkv`` (the full
 cache in the static decoder).

@@ -41,10 +41,10 @@ def register(app) -> None:
         """Benchmark prefill, memory and decode against plain transformers (and kvpress).
 
         With --batch N (N > 1) or --max-batch: batched decode throughput and time to first token."""
+        from .batch_decoder import parse_mode
         from .bench import run_bench
         from .decode_step import check_attention
         from .errors import InputError
-        from .serving import parse_mode
 
         if device == "auto":
             import torch

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
+from .batch_decoder import BatchDecoder, parse_mode
 from .cache import CompressedLayer, _LayerGroup, cache_bytes, cache_kwarg, output_cache
-from .serving import BatchDecoder, parse_mode
 
 GIB = 2**30
 

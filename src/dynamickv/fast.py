@@ -61,7 +61,7 @@ def chunked_prefill(model: torch.nn.Module, chunk: int = 8192) -> Iterator[None]
 class StaticDecoder:
     """Greedy decoding of one compressed (batched) prefill with static buffers and a CUDA graph.
 
-    A :class:`~dynamickv.serving.BatchDecoder` holding the cache's rows, sized to it exactly.
+    A :class:`~dynamickv.batch_decoder.BatchDecoder` holding the cache's rows, sized to it exactly.
 
     Args:
         model: the model the cache was made with.
@@ -70,7 +70,7 @@ class StaticDecoder:
         max_new_tokens: capacity reserved per layer.
         graph: capture the step as a CUDA graph (default: when on one CUDA device).
         mode: how a step is computed (``auto``, ``plain``, ``functional``, ``fused``, ``compiled``;
-            see :class:`~dynamickv.serving.BatchDecoder`).
+            see :class:`~dynamickv.batch_decoder.BatchDecoder`).
         attention: the functional step's attention kernel (``sdpa``, ``matmul``, ``flex``).
     """
 
@@ -83,7 +83,7 @@ class StaticDecoder:
         mode: str = "auto",
         attention: str = "sdpa",
     ) -> None:
-        from .serving import BatchDecoder, window_prompt
+        from .batch_decoder import BatchDecoder, window_prompt
 
         windows = BatchDecoder.uncompressed_windows(model)
         layers = list(cache.layers)

@@ -163,11 +163,11 @@ def batched_predictions(
 
     Under the ``raw`` protocol every configuration of a sample starts from the same first token (the
     prefill's own prediction) at the same position, so their caches are rows of one
-    :class:`~dynamickv.serving.BatchDecoder` (each row keeps its own per-layer and per-head counts;
+    :class:`~dynamickv.batch_decoder.BatchDecoder` (each row keeps its own per-layer and per-head counts;
     padding is masked). On CPU the answers equal decoding each alone, token for token
     (``tests/test_eval_batched.py``); on a GPU, batched bf16 kernels may round differently.
     """
-    from dynamickv.serving import BatchDecoder
+    from dynamickv.batch_decoder import BatchDecoder
 
     eos = model.generation_config.eos_token_id
     first = contexts[0].last_logits.argmax(-1).to(device)
@@ -248,11 +248,11 @@ def run(
     ``shard`` (see :mod:`dynamickv.eval.distributed`): under ``torchrun`` every rank calls ``run`` with the
     same arguments and its own shard; each decodes its share of the samples, rank 0 merges the files.
     """
+    from dynamickv.batch_decoder import BatchDecoder
     from dynamickv.compressor import compressible_layers
     from dynamickv.methods import get_method, parse_method_spec
     from dynamickv.pipeline import CompressedContext, Pipeline
     from dynamickv.replay import derive_cache, record_prefill
-    from dynamickv.serving import BatchDecoder
 
     scorer = scorer or get_scorer(benchmark)
     windowkv_mode = _check_windowkv_mode(windowkv_mode)
