@@ -30,12 +30,9 @@ def _fail(message: str) -> None:
 
 
 def _records(run: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
-    out = {}
-    for line in (run / "predictions.jsonl").read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            out[(r["uid"], r["method"], "full" if r["budget"] is None else str(r["budget"]))] = r
-    return out
+    from dynamickv.eval.outdir import load_predictions, record_key
+
+    return {record_key(r): r for r in load_predictions(run / "predictions.jsonl", repair=False)}
 
 
 def _kept(r: dict[str, Any]) -> Any:

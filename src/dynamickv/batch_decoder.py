@@ -128,24 +128,24 @@ class BatchDecoder:
     """
 
     @staticmethod
+    def _layers(model: torch.nn.Module) -> list[tuple[bool, int | None]]:
+        """Per layer: whether it is compressed, and its sliding window (``None``: full attention)."""
+        from .compressor import compressible_layers
+
+        compressed = set(compressible_layers(model))
+        return [(i in compressed, w) for i, w in enumerate(layer_windows(model))]
+
+    @staticmethod
     def uncompressed_windows(model: torch.nn.Module) -> list[int | None]:
         """Per layer, the window of an uncompressed sliding layer (Gemma 3's local layers), ``None``
         for a compressed layer."""
-        from .compressor import compressible_layers
-        from .sliding import layer_windows
-
-        compressed = set(compressible_layers(model))
-        return [None if i in compressed else w for i, w in enumerate(layer_windows(model))]
+        return [None if compressed else w for compressed, w in BatchDecoder._layers(model)]
 
     @staticmethod
     def supports(model: torch.nn.Module) -> bool:
         """Whether the static buffers can hold ``model``: every layer is compressed or slides (an
         uncompressed layer without a window would need the whole prompt)."""
-        from .compressor import compressible_layers
-        from .sliding import layer_windows
-
-        compressed = set(compressible_layers(model))
-        return all(i in compressed or w is not None for i, w in enumerate(layer_windows(model)))
+        return all(compressed or w is not None for compressed, w in BatchDecoder._layers(model))
 
     def __init__(
         self,
@@ -173,7 +173,8 @@ class BatchDecoder:
             raise UnsupportedModelError("the static decoder needs every layer compressed or sliding")
         #: Per layer, its sliding window (``None``: full attention), and whether it stays uncompressed.
         self.windows = layer_windows(model)
-        self.uncompressed = [w is not None for w in self.uncompressed_windows(model)]
+        self._prompt_windows = self.uncompressed_windows(model)
+        self.uncompressed = [w is not None for w in self._prompt_windows]
         self._compressor = Compressor(model, "fullkv", budget=1)
         modules = sorted(self._compressor._modules, key=lambda m: m.layer_idx)
         self._modules = modules
@@ -288,14 +289,9 @@ class BatchDecoder:
         The cache must come straight from a compressed prefill (every layer compressed, except the
         sliding layers the decoder was made for)."""
         layers = list(cache.layers)
+        prompts = prompt_views(layers, self._prompt_windows)
         compressed = [la for la, u in zip(layers, self.uncompressed) if not u]
-        if len(layers) != len(self.buffers) or not all(hasattr(la, "padded_prompt") for la in compressed):
-            raise UnsupportedModelError("the static decoder needs every layer compressed or sliding")
         seen = int(compressed[0].seen)
-        prompts = [
-            window_prompt(la, w) if u else la.padded_prompt()
-            for la, w, u in zip(layers, self.windows, self.uncompressed, strict=True)
-        ]
         for la, u, (k, _, _) in zip(layers, self.uncompressed, prompts, strict=True):
             stored = None if u else getattr(la, "keys", None)
             if isinstance(stored, torch.Tensor) and stored.dim() == 4 and stored.shape[-2] > k.shape[-2]:
@@ -372,10 +368,13 @@ class BatchDecoder:
         """Hide, in the mask itself, the sliding layers' slots every row's next query can no longer
         see (``position <= p - W``). A slot once out stays out, so the mask can be changed in place,
         inside the captured step, for the plain and the fused steps alike."""
+        limits: dict[tuple[torch.device, int], torch.Tensor] = {}  # one per window and device, not per layer
         for (_, _, mask), positions, window in zip(self.buffers, self.slot_positions, self.windows):
             if positions is not None:
-                limit = (self.pos.to(positions.device) - window).view(-1, 1, 1)
-                mask.masked_fill_(positions <= limit, torch.finfo(mask.dtype).min)
+                key = (positions.device, window)
+                if key not in limits:
+                    limits[key] = (self.pos.to(positions.device) - window).view(-1, 1, 1)
+                mask.masked_fill_(positions <= limits[key], torch.finfo(mask.dtype).min)
 
     def _is_eos(self, tokens: torch.Tensor) -> torch.Tensor:
         return (tokens.view(-1, 1) == self.eos).any(-1)
@@ -516,6 +515,17 @@ def window_prompt(layer: Any, window: int) -> tuple[torch.Tensor, torch.Tensor, 
     (what ``transformers``' sliding layer keeps), as ``(keys, values, valid)``."""
     keep = window - 1
     return layer.keys[:, :, -keep:], layer.values[:, :, -keep:], None
+
+
+def prompt_views(layers: Sequence[Any], windows: Sequence[int | None]) -> list[tuple]:
+    """Each cache layer's prompt as ``(keys, values, valid)``: a compressed layer's
+    ``padded_prompt()``, or an uncompressed sliding layer's :func:`window_prompt` (``windows``: per
+    layer, such a layer's window, else ``None``; :meth:`BatchDecoder.uncompressed_windows`)."""
+    if len(layers) != len(windows) or not all(
+        w is not None or hasattr(la, "padded_prompt") for la, w in zip(layers, windows)
+    ):
+        raise UnsupportedModelError("the static decoder needs every layer compressed or sliding")
+    return [la.padded_prompt() if w is None else window_prompt(la, w) for la, w in zip(layers, windows)]
 
 
 def _sync(device: torch.device) -> None:

@@ -21,8 +21,6 @@ from contextlib import contextmanager
 import torch
 from transformers.cache_utils import Cache
 
-from .errors import UnsupportedModelError
-
 
 @contextmanager
 def chunked_prefill(model: torch.nn.Module, chunk: int = 8192) -> Iterator[None]:
@@ -83,17 +81,10 @@ class StaticDecoder:
         mode: str = "auto",
         attention: str = "sdpa",
     ) -> None:
-        from .batch_decoder import BatchDecoder, window_prompt
+        from .batch_decoder import BatchDecoder, prompt_views
 
-        windows = BatchDecoder.uncompressed_windows(model)
-        layers = list(cache.layers)
-        if len(layers) != len(windows) or not all(
-            w is not None or hasattr(la, "padded_prompt") for la, w in zip(layers, windows)
-        ):
-            raise UnsupportedModelError("the static decoder needs every layer compressed or sliding")
         prompts = [
-            la.padded_prompt()[0] if w is None else window_prompt(la, w)[0]
-            for la, w in zip(layers, windows, strict=True)
+            k for k, _, _ in prompt_views(list(cache.layers), BatchDecoder.uncompressed_windows(model))
         ]
         self.cache = cache
         self.capacity = max_new_tokens
