@@ -19,11 +19,11 @@ Pairs compared (kvpress's name -> dynamickv's spec; kvpress pools by average onl
 * ``kvpress-snapkv`` (its defaults) -> ``snapkv:window=64;kernel=5;pooling=avg``
 * ``kvpress-streamingllm`` -> ``streamingllm``
 
-The budget is matched as in the quality peer (``compression_ratio = 1 - B / n``). For every prompt,
-press, budget, compressed layer and KV head it counts whether the two sets of kept positions are
-equal, whether kvpress's lies within ours, whether it is ours less one token (kvpress keeps
-``int(n * (1 - ratio))`` tokens, which floating point makes ``B - 1`` for some ``n``), and their
-overlap (shared / kvpress's count). Run on CPU in float32: the two libraries run
+The budget is matched as in the quality peer (``kvpress_quality_peer.matched_ratio``: exactly ``B``
+tokens; the 2026-11-30 Gemma run, before it, passed ``1 - B / n``, with which floating point made
+kvpress keep ``B - 1`` for some ``n``). For every prompt, press, budget, compressed layer and KV head
+it counts whether the two sets of kept positions are equal, whether kvpress's lies within ours,
+whether it is ours less one token, and their overlap (shared / kvpress's count). Run on CPU in float32: the two libraries run
 different ``transformers`` releases, and a score tie broken differently by a last-bit difference is
 the one expected source of a difference. ``--device cuda`` runs both sides on a GPU, still in float32
 (``benchmarks/gpu_kvpress_kept.sh``).
@@ -91,7 +91,7 @@ def kvpress_side(args: argparse.Namespace) -> None:
             for name in PAIRS:
                 for b in budgets:
                     cache = DynamicCache()
-                    press = factories[name](max(0.0, 1.0 - b / n))
+                    press = factories[name](peer.matched_ratio(b, n))
                     with peer.applied(press, model, "skip"):
                         model(input_ids=head, past_key_values=cache, use_cache=True, logits_to_keep=1)
                     layers = {}
@@ -139,8 +139,8 @@ def compare_side(args: argparse.Namespace) -> dict[str, Any]:
                 mine = set(ours.get(layer, [[]] * len(heads))[h])
                 cell["heads"] += 1
                 cell["heads_equal"] += set(kept) == mine
-                # kvpress keeps int(n * (1 - ratio)) tokens: with ratio = 1 - B / n that is B - 1 for
-                # some n (floating point); then its set is ours less one token
+                # kvpress keeps int(n * (1 - ratio)) tokens: with the ratio 1 - B / n of runs before
+                # 2026-11-30 that was B - 1 for some n (floating point), its set then ours less one
                 cell["heads_kvpress_within_ours"] += set(kept) <= mine
                 cell["heads_one_short"] += set(kept) < mine and len(mine) - len(kept) == 1
                 cell["shared"] += len(set(kept) & mine)

@@ -27,6 +27,7 @@ import time
 import types
 
 import torch
+from kvpress_quality_peer import matched_ratio  # same folder; exactly B tokens per layer and head
 
 #: PyramidKVPress at dynamickv's PyramidKV settings (window 8, kernel 7, beta 20): a real pyramid
 #: whenever B / 20 >= 8 (see the module docstring).
@@ -79,7 +80,7 @@ def main() -> None:
             base = torch.cuda.memory_allocated()
             ids = torch.randint(0, config.vocab_size, (1, n), device="cuda")
             cls, options = presses[name]
-            press = cls(compression_ratio=1 - args.budget / n, **options)
+            press = cls(compression_ratio=matched_ratio(args.budget, n), **options)
             row["press"] = f"{cls.__name__}({', '.join(f'{k}={v}' for k, v in options.items())})"
             try:
                 with torch.inference_mode():

@@ -9,7 +9,8 @@ every budget, decodes greedily (kvpress's pipeline loop: explicit positions afte
 length, stop at EOS), and writes one JSON line per (prompt, press, budget).
 
 Budgets are matched to dynamickv's ``B`` (tokens kept per layer per KV head, window included):
-``compression_ratio = 1 - B / n``. Presses, each at kvpress's defaults and where it matters at
+``compression_ratio = 1 - (B + 0.25) / n`` (:func:`matched_ratio`; runs before 2026-11-30 passed
+``1 - B / n``, with which kvpress kept ``B - 1`` tokens for some ``n``). Presses, each at kvpress's defaults and where it matters at
 dynamickv's settings:
 
 * ``kvpress-snapkv``: ``SnapKVPress()`` (window 64, kernel 5, average pooling);
@@ -41,6 +42,17 @@ import types
 from pathlib import Path
 
 import torch
+
+
+def matched_ratio(budget: int, n: int) -> float:
+    """The ``compression_ratio`` with which kvpress keeps exactly ``budget`` of ``n`` tokens.
+
+    kvpress keeps ``int(n * (1 - ratio))`` tokens (SnapKV, StreamingLLM, AdaKV) or, where PyramidKV
+    builds no pyramid, ``round(n * (1 - ratio))``. With ``ratio = 1 - B / n`` floating point makes the
+    product a hair under ``B`` for some ``n``, and ``int`` then keeps ``B - 1`` (seen on Gemma 3:
+    ``benchmarks/kvpress_kept.py``). A quarter token more puts the product in ``[B, B + 0.5)``, where
+    both rules give ``B``. A budget of the whole prompt or more compresses nothing (ratio 0)."""
+    return max(0.0, 1.0 - (budget + 0.25) / n) if budget < n else 0.0
 
 
 def _stub_optional_imports() -> None:
@@ -199,7 +211,7 @@ def main() -> None:
             for name, b in configs:
                 if (p["uid"], name, b) in done:
                     continue
-                press = None if b is None else factories[name](max(0.0, 1.0 - b / n))
+                press = None if b is None else factories[name](matched_ratio(b, n))
                 t0 = time.perf_counter()
                 error = None
                 try:
@@ -215,6 +227,7 @@ def main() -> None:
                     "prediction": text,
                     "kept_tokens_per_layer": kept,
                     "compressed_tokens": n,
+                    "compression_ratio": None if press is None else press.compression_ratio,
                     "seconds": time.perf_counter() - t0,
                     "kvpress": version,
                     "transformers": transformers.__version__,

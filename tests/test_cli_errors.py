@@ -67,6 +67,7 @@ NO_CUDA = not torch.cuda.is_available()
         (["generate", "CTX", "--attn", "flash_attention_2"], "flash_attention_2 is not supported"),
         (["generate", "CTX", "--attn", "fast"], "unknown --attn value 'fast'"),
         (["generate", "CTX", "--device", "tpu7"], "unknown --device 'tpu7'"),
+        (["bench", "--device", "tpu7"], "unknown --device 'tpu7'"),
         (["generate", "CTX", "--dtype", "float64"], "unknown dtype 'float64'"),
         (["generate", "CTX", "--truncate", "end"], "unknown --truncate value 'end'"),
         (["generate", "CTX", "--method", "windowkv:omega=x"], "windowkv.omega: 'x' is not an integer"),
@@ -85,6 +86,7 @@ NO_CUDA = not torch.cuda.is_available()
             for args in (
                 ["generate", "CTX", "--device", "cuda"],
                 ["eval", "ruler", "--out", "OUT", "--device", "cuda:0"],
+                ["bench", "--device", "cuda"],
             )
         ),
     ],

@@ -71,3 +71,41 @@ def test_split_layers_match_one_device(family, method):
     assert not decoder.graph_on
     static = decoder.generate(logits.argmax(-1), 10)
     assert torch.equal(static.cpu(), tokens)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_bench_spreads_the_layers_over_every_gpu(tmp_path):
+    """``dynamickv bench --device auto`` on several GPUs: a random-weight model built layer by layer
+    on its own GPU, measured on all of them (memory summed, every GPU synchronised), decoded by the
+    static decoder without a CUDA graph."""
+    pytest.importorskip("accelerate")
+    from dynamickv.bench import run_bench
+
+    result = run_bench("tiny", ["fullkv", "snapkv"], 64, [1024], "auto", steps=8, out=tmp_path / "b.json")
+    gpus = min(torch.cuda.device_count(), 4)  # the tiny shape has 4 layers
+    assert result["meta"]["devices"] == [f"cuda:{i}" for i in range(gpus)]
+    rows = {r["method"]: r for r in result["rows"]}
+    assert not any(r.get("oom") for r in rows.values())
+    assert rows["snapkv"]["kept_mean"] == 64 and rows["snapkv"]["decode_static_ms"] > 0
+    assert rows["fullkv"]["prefill_peak_gib"] > 0
+    assert rows["snapkv"]["cache_bytes"] < rows["fullkv"]["cache_bytes"]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_graph_decoding_on_a_gpu_that_is_not_the_current_one():
+    """A decoder on ``cuda:1`` while ``cuda:0`` is current (a torchrun rank before 2026-11-30):
+    the graph used to be captured empty on the current GPU, and its replays decoded nothing."""
+    torch.cuda.set_device(0)
+    ids = torch.randint(3, 256, (1, 300), generator=torch.Generator().manual_seed(5))
+    outs = []
+    for device in ("cuda:0", "cuda:1"):
+        model = tiny_model("llama").to(device)
+        with compress(model, "snapkv", 48):
+            out = model(input_ids=ids.to(device), use_cache=True, logits_to_keep=1)
+        decoder = StaticDecoder(model, output_cache(out), 12, graph=True)
+        assert decoder.graph_on and torch.cuda.current_device() == 0
+        outs.append(decoder.generate(out.logits[:, -1].argmax(-1), 12).cpu())
+        with compress(model, "snapkv", 48):
+            ref = model.generate(ids.to(device), max_new_tokens=13, do_sample=False)[:, ids.shape[-1] :]
+        assert torch.equal(outs[-1], ref[:, :12].cpu())  # 12 tokens after the prefill's own
+    assert torch.equal(outs[0], outs[1])

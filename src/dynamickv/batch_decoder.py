@@ -40,6 +40,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from .cache import cache_kwarg
 from .decode_step import FusedStep, check_attention, grouped_attention, write_slot
+from .devices import on_device, sync
 from .errors import InputError, UnsupportedModelError
 from .sliding import layer_windows
 
@@ -188,6 +189,8 @@ class BatchDecoder:
         self.prompt_slots = slots
         self.buffers = [self._alloc(next(m.parameters()).device, s) for m, s in zip(modules, slots)]
         self._layer_devices = {k.device for k, _, _ in self.buffers}
+        #: every device a step runs on: a timed step waits for all of them (layers spread over GPUs)
+        self._devices = sorted({self.device, *self._layer_devices}, key=str)
         one_cuda = self.device.type == "cuda" and self._layer_devices == {self.device}
         if graph and not one_cuda:
             raise UnsupportedModelError("CUDA graph decoding needs every layer on one CUDA device")
@@ -437,19 +440,21 @@ class BatchDecoder:
         # warm up on a side stream (allocator, kernels, compilation), restoring the state after
         # each run (the K/V it wrote sit in the slots the real step rewrites), then capture
         saved = [t.clone() for t in self._state()]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
                 self._body()
                 for t, s in zip(self._state(), saved, strict=True):
                     t.copy_(s)
-        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
         # the graph's private pool allocates afresh: hand the warm-up's cached blocks back first
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # our own stream on this GPU: torch.cuda.graph's default capture stream is made once, on the
+        # GPU current at its first use, and a capture on another GPU through it comes out empty
+        with torch.cuda.graph(self.graph, stream=stream):
             self._body()
 
     @contextmanager
@@ -471,10 +476,12 @@ class BatchDecoder:
     def decode(self, steps: int, timings: list[float] | None = None) -> None:
         """Run ``steps`` steps (graph replays on CUDA). With ``timings``, each step is synchronised
         and its seconds appended (benchmarks)."""
-        with self._plain_attention():
+        # on the decoder's own GPU: a graph captured while another GPU is current is empty, and its
+        # replays then decode nothing (the rows never finish)
+        with self._plain_attention(), on_device(self.device):
             for _ in range(steps):
                 if timings is not None:
-                    _sync(self.device)
+                    sync(self._devices)
                     t0 = time.perf_counter()
                 if self.graph_on:
                     if self.graph is None:
@@ -484,7 +491,7 @@ class BatchDecoder:
                     self._body()
                     self._copy_slot_index()
                 if timings is not None:
-                    _sync(self.device)
+                    sync(self._devices)
                     timings.append(time.perf_counter() - t0)
 
     @torch.inference_mode()
@@ -526,8 +533,3 @@ def prompt_views(layers: Sequence[Any], windows: Sequence[int | None]) -> list[t
     ):
         raise UnsupportedModelError("the static decoder needs every layer compressed or sliding")
     return [la.padded_prompt() if w is None else window_prompt(la, w) for la, w in zip(layers, windows)]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

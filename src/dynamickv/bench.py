@@ -11,13 +11,17 @@ configurations. Per method and context length it measures, in one process:
 * the decode floor ``(weight bytes + cache bytes) / copy bandwidth`` measured on the same device,
   and each decode time as a multiple of it.
 
+With ``device="auto"`` and several GPUs the model's layers are spread over all of them
+(:func:`spread`): memory is then summed over the GPUs, every GPU is synchronised around a timer, and
+the static decoder runs without a CUDA graph (a graph cannot span GPUs). An out-of-memory error is
+recorded with the phase it struck in (``oom_in``), not raised.
+
 ``fullkv`` here is plain ``transformers`` (no dynamickv code in the loop): the peer to beat.
 NVIDIA kvpress runs in its own process (``benchmarks/kvpress_peer.py``, its own transformers).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import platform
 import subprocess
@@ -30,57 +34,80 @@ from typing import Any
 import torch
 
 from .bench_configs import CONFIGS  # re-exported: benchmarks/ import it from here
+from .devices import allocated, peak_gib, placement, release, resolve, sync
+from .errors import DynamicKVError
 
 
-def build_model(name: str, device: str, dtype: torch.dtype) -> torch.nn.Module:
-    """A randomly initialised model of a real configuration, directly on ``device``."""
+def build_model(name: str, device: str | list[torch.device], dtype: torch.dtype) -> torch.nn.Module:
+    """A randomly initialised model of a real configuration, directly on ``device``; a list of
+    several devices spreads its layers over them (:func:`spread`)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     spec = dict(CONFIGS[name])
     config = AutoConfig.for_model(spec.pop("model_type"), **spec)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    with torch.device(device):
+    devices = [device] if isinstance(device, str | torch.device) else device
+    if len(devices) > 1:
+        return spread(AutoModelForCausalLM, config, devices, dtype)
+    with torch.device(devices[0]):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     return model.eval()
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+def spread(model_cls: Any, config: Any, devices: list[torch.device], dtype: torch.dtype) -> torch.nn.Module:
+    """``model_cls.from_config(config)`` with random weights, its layers spread over ``devices``
+    (:func:`~dynamickv.devices.placement`; embeddings on the first device, final norm and head on
+    the last), built without ever holding the whole model on one device.
+
+    The model is built on the ``meta`` device, each part is allocated on its own device and
+    initialised there by the model's own ``_init_weights`` (which also rebuilds the rotary
+    embedding's frequencies), and ``accelerate``'s hooks move activations between devices."""
+    try:
+        from accelerate import dispatch_model
+    except ImportError:
+        raise DynamicKVError("layers spread over GPUs need accelerate: pip install accelerate") from None
+    with torch.device("meta"):
+        model = model_cls.from_config(config, dtype=dtype)
+    body = model.model
+    devices = devices[: len(body.layers)]  # no more devices than layers
+    first, last = str(devices[0]), str(devices[-1])
+    head = first if model.config.tie_word_embeddings else last  # a tied head shares the embedding
+    device_map = {
+        f"model.{name}": first for name, _ in body.named_children() if name not in ("layers", "norm")
+    }
+    for i, d in enumerate(placement(len(body.layers), len(devices))):
+        device_map[f"model.layers.{i}"] = str(devices[d])
+    device_map.update({"model.norm": last, "lm_head": head})
+    for name, where in device_map.items():
+        part = model.get_submodule(name)
+        part.to_empty(device=where)
+        part.apply(model._init_weights)
+    if model.config.tie_word_embeddings:
+        model.tie_weights()
+    return dispatch_model(model.eval(), device_map=device_map, main_device=first)
 
 
-def copy_bandwidth(device: str) -> float | None:
+def copy_bandwidth(device: str | torch.device) -> float | None:
     """Bytes per second of a large device copy, counting bytes read and written; ``None`` off CUDA
     (not measured there, so no decode floor is reported)."""
-    if not device.startswith("cuda"):
+    if torch.device(device).type != "cuda":
         return None
     x = torch.empty(1 << 30, dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
     for _ in range(3):
         y.copy_(x)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(10):
         y.copy_(x)
-    _sync(device)
+    sync(device)
     seconds = (time.perf_counter() - t0) / 10
     del x, y
     return 2 * (1 << 30) / seconds
 
 
-def _mem(device: str) -> int:
-    return torch.cuda.memory_allocated() if device.startswith("cuda") else 0
-
-
-def _reset(device: str) -> None:
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-from .bench_serving import peak_gib, steady_ms  # noqa: E402
+from .bench_serving import steady_ms  # noqa: E402
 from .cache import cache_kwarg, output_cache  # noqa: E402
 
 
@@ -97,7 +124,7 @@ def measure(
     budget: int,
     n: int,
     steps: int,
-    device: str,
+    device: list[torch.device],
     chunk: int,
     graph: bool,
     weights: int,
@@ -111,11 +138,12 @@ def measure(
     from .fast import StaticDecoder, chunked_prefill
 
     row: dict[str, Any] = {"method": method, "budget": budget if method != "fullkv" else None, "tokens": n}
-    ids = torch.randint(0, model.config.vocab_size, (1, n), device=device, generator=None)
-    _reset(device)
-    base = _mem(device)
+    ids = torch.randint(0, model.config.vocab_size, (1, n), device=model.get_input_embeddings().weight.device)
+    release(device)
+    base = allocated(device)
+    phase = "prefill"  # where an OOM struck, recorded beside it
     try:
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         if method == "fullkv":
             out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
@@ -125,7 +153,7 @@ def measure(
             with comp, chunked_prefill(model, chunk):
                 out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
             stats = comp.stats
-        _sync(device)
+        sync(device)
         row["prefill_s"] = time.perf_counter() - t0
         row["prefill_peak_gib"] = peak_gib(device, base)
         if stats is not None:
@@ -135,8 +163,9 @@ def measure(
         row["cache_bytes"] = _cache_bytes(cache)
         first = out.logits[:, -1].argmax(-1, keepdim=True)
         del out
-        _reset(device)
+        release(device)
         # eager decode: the ordinary transformers loop
+        phase = "eager decode"
         times = []
         tok = first
         ctx = Compressor(model, "fullkv", 1) if method != "fullkv" else None
@@ -147,11 +176,11 @@ def measure(
 
             c = fork_cache(cache) if method != "fullkv" else cache
             for _ in range(eager_steps):
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 o = model(input_ids=tok, use_cache=True, **{cache_kwarg(model): c})
                 tok = o.logits[:, -1:].argmax(-1)
-                _sync(device)
+                sync(device)
                 times.append(time.perf_counter() - t0)
         finally:
             if ctx is not None:
@@ -160,7 +189,8 @@ def measure(
         row["decode_peak_gib"] = peak_gib(device, base)
         del c
         if method != "fullkv":
-            _reset(device)
+            phase = "static decode"
+            release(device)
             times: list[float] = []
             step, attention = parse_mode(mode)
             decoder = StaticDecoder(model, cache, steps + 1, graph=graph, mode=step, attention=attention)
@@ -171,8 +201,8 @@ def measure(
             row["decode_static_peak_gib"] = peak_gib(device, base)
         del cache
     except torch.OutOfMemoryError:
-        row["oom"] = True
-    _reset(device)
+        row.update(oom=True, oom_in=phase)
+    release(device)
     row["weights_gib"] = weights / 2**30
     return row
 
@@ -191,10 +221,13 @@ def run_bench(
     out: Path | None = None,
     mode: str = "auto",
 ) -> dict[str, Any]:
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = build_model(config, device, dtype)
+    devices = resolve(device)  # every device the layers are on: clocks and memory are read on all
+    cuda = devices[0].type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    model = build_model(config, devices, dtype)
+    devices = sorted({p.device for p in model.parameters()}, key=str)  # those it uses (<= its layers)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    bw = copy_bandwidth(device)
+    bw = copy_bandwidth(devices[0])
     # warm-up (kernels, cuBLAS, allocator) so the first measured configuration is not penalised
     for method in dict.fromkeys(["fullkv", *methods]):
         measure(
@@ -203,7 +236,7 @@ def run_bench(
             min(budget, 256),
             min(4096, max(lengths)),
             8,
-            device,
+            devices,
             chunk,
             False,
             weights,
@@ -219,9 +252,9 @@ def run_bench(
                 budget,
                 n,
                 steps,
-                device,
+                devices,
                 chunk,
-                graph and device.startswith("cuda"),
+                graph and cuda and len(devices) == 1,  # a CUDA graph runs on one device
                 weights,
                 eager_steps=min(steps, 24),
                 mode=mode,
@@ -235,7 +268,7 @@ def run_bench(
             rows.append(row)
             print(json.dumps(row), flush=True)
     del model
-    _reset(device)
+    release(devices)
     if kvpress_path:
         peer = Path(__file__).resolve().parents[2] / "benchmarks" / "kvpress_peer.py"
         cmd = [
@@ -264,7 +297,9 @@ def run_bench(
                 print(line, flush=True)
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
-    result = {"meta": environment(config, budget, device, None, bw, weights), "rows": rows}
+    meta = environment(config, budget, devices[0], None, bw, weights)
+    meta.update(device_option=device, devices=[str(d) for d in devices])
+    result = {"meta": meta, "rows": rows}
     if out:
         Path(out).write_text(json.dumps(result, indent=1, allow_nan=False))
     print_table(result)
@@ -274,7 +309,7 @@ def run_bench(
 def environment(
     config: str,
     budget: int,
-    device: str,
+    device: str | torch.device,
     model=None,
     bandwidth: float | None = None,
     weights: int | None = None,
@@ -286,7 +321,7 @@ def environment(
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name()
-        if device.startswith("cuda")
+        if torch.device(device).type == "cuda"
         else platform.processor() or "cpu",
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,

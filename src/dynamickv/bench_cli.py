@@ -20,7 +20,13 @@ def register(app) -> None:
         ),
         budget: Annotated[int, typer.Option(help="tokens kept per layer")] = 1024,
         lengths: Annotated[str, typer.Option(help="context lengths")] = "32768,65536,131072",
-        device: Annotated[str, typer.Option(help="cpu, cuda, ... or auto (cuda when available)")] = "auto",
+        device: Annotated[
+            str,
+            typer.Option(
+                help="cpu, cuda, cuda:N, or auto: every visible GPU, the layers spread when there are "
+                "several (the CPU when there is none); --batch runs on auto's first GPU"
+            ),
+        ] = "auto",
         steps: Annotated[int, typer.Option(help="decode steps timed")] = 64,
         chunk: Annotated[int, typer.Option(help="prefill chunk for MLP/norms")] = 8192,
         graph: Annotated[bool, typer.Option(help="CUDA-graph the static decode step")] = True,
@@ -44,23 +50,27 @@ def register(app) -> None:
         from .batch_decoder import parse_mode
         from .bench import run_bench
         from .decode_step import check_attention
+        from .devices import resolve
         from .errors import InputError
+        from .options import check_device
 
-        if device == "auto":
-            import torch
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        devices = resolve(check_device(device))
 
         if config not in CONFIGS:
             raise InputError(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
         # one line for a bad mode, or a kernel that cannot run on the device, before the model is built
-        check_attention(parse_mode(mode)[1], device)
+        check_attention(parse_mode(mode)[1], str(devices[0]))
         if steps < 1:
             raise InputError(f"--steps must be at least 1, got {steps}")
         if budget < 1:
             raise InputError(f"--budget must be at least 1, got {budget}")
         if batch < 1 or distinct < 1:
             raise InputError("--batch and --distinct must be at least 1")
+        if kvpress_path and len(devices) > 1:
+            raise InputError(
+                f"kvpress rows run on one GPU, and --device {device} spreads the layers over {len(devices)}: "
+                "pass --device cuda"
+            )
         if kvpress_path and (batch > 1 or max_batch):
             raise InputError(
                 "kvpress rows are batch 1 (its pipeline compresses one context per call): "
@@ -82,7 +92,7 @@ def register(app) -> None:
                 method_list,
                 budget,
                 length_list,
-                device,
+                str(devices[0]),  # one GPU: the batched decoder's rows live on one device
                 None if max_batch else batch,
                 steps,
                 distinct,

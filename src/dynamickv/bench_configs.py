@@ -53,6 +53,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     ),
 }
 
+# Llama-3.1-70B: 141 GB of bf16 weights fill one H200, so its rows show what spreading layers over
+# GPUs (--device auto) buys and costs
+CONFIGS["llama-3.1-70b"] = {
+    **CONFIGS["llama-3.1-8b"],
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+}
+
 # Mistral-7B-v0.1 and a tiny model of its layout: every layer slides, so a compressed layer's kept
 # tokens still leave the window as decoding goes on (the static decoder masks them by position)
 CONFIGS["mistral-7b-v0.1"] = {

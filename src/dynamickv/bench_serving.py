@@ -25,33 +25,9 @@ import torch
 from .batch_decoder import BatchDecoder, parse_mode
 from .cache import CompressedLayer, _LayerGroup, cache_bytes, cache_kwarg, output_cache
 
-GIB = 2**30
-
-
-def sync(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def release(device: torch.device | str) -> None:
-    gc.collect()
-    if torch.device(device).type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def _allocated(device) -> int:
-    return torch.cuda.memory_allocated() if torch.device(device).type == "cuda" else 0
-
-
-def _peak(device) -> int:
-    return torch.cuda.max_memory_allocated() if torch.device(device).type == "cuda" else 0
-
-
-def peak_gib(device, base: int) -> float | None:
-    """Peak allocation above ``base`` in GiB; ``None`` off CUDA, where it is not measured (a 0.0 would
-    read as "no memory used")."""
-    return (_peak(device) - base) / GIB if torch.device(device).type == "cuda" else None
+# one device, or every GPU of a spread model: clocks synchronised and memory summed over all of them
+from .devices import GIB, peak_gib, release, sync
+from .devices import allocated as _allocated
 
 
 def steady_ms(times: list[float], warmup: int) -> float:

@@ -132,7 +132,9 @@ def generate(
         )
 
 
-@app.command()
+@app.command(
+    short_help="The main job: a needle in a ~2k-token haystack, every method at B, the recommended one first."
+)
 def demo(
     model: ModelOpt = "smollm2-135m",
     budget: Annotated[str, typer.Option(help="tokens per layer")] = "128",

@@ -213,4 +213,7 @@ def analyze_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``analyze`` to the main app."""
-    app.command("analyze")(analyze_command)
+    app.command(
+        "analyze",
+        short_help="Per-layer and per-KV-head kept tokens of a method on a benchmark: table, JSON, plots.",
+    )(analyze_command)

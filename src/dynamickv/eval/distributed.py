@@ -118,7 +118,9 @@ def main_first(shard: Shard) -> Iterator[None]:
 def shard_device(device: str, shard: Shard) -> str:
     """``cuda`` means this rank's GPU (``LOCAL_RANK`` modulo the GPUs visible); other devices are kept."""
     if device == "cuda" and shard.active and torch.cuda.is_available():
-        return f"cuda:{shard.local_rank % torch.cuda.device_count()}"
+        index = shard.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)  # streams and CUDA graphs go to the current GPU: make it this rank's
+        return f"cuda:{index}"
     return device
 
 
