@@ -21,12 +21,13 @@ def register(app) -> None:
         budget: Annotated[int, typer.Option(help="tokens kept per layer")] = 1024,
         lengths: Annotated[str, typer.Option(help="context lengths")] = "32768,65536,131072",
         device: Annotated[
-            str,
+            str | None,
             typer.Option(
-                help="cpu, cuda, cuda:N, or auto: every visible GPU, the layers spread when there are "
-                "several (the CPU when there is none); --batch runs on auto's first GPU"
+                help="cpu, cuda, cuda:N, or auto: the layers spread over every visible GPU, as eval's "
+                "--device auto (--batch runs on its first GPU); default: the first GPU, else the CPU",
+                show_default=False,
             ),
-        ] = "auto",
+        ] = None,
         steps: Annotated[int, typer.Option(help="decode steps timed")] = 64,
         chunk: Annotated[int, typer.Option(help="prefill chunk for MLP/norms")] = 8192,
         graph: Annotated[bool, typer.Option(help="CUDA-graph the static decode step")] = True,
@@ -54,6 +55,10 @@ def register(app) -> None:
         from .errors import InputError
         from .options import check_device
 
+        if device is None:  # one GPU: spreading a model that fits one costs decode speed (no CUDA graph)
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         devices = resolve(check_device(device))
 
         if config not in CONFIGS:
