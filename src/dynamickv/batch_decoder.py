@@ -33,7 +33,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
@@ -42,7 +41,7 @@ from .cache import cache_kwarg
 from .decode_step import FusedStep, check_attention, grouped_attention, write_slot
 from .devices import on_device, sync
 from .errors import InputError, UnsupportedModelError
-from .sliding import layer_windows
+from .sliding import layer_windows, prompt_views
 
 _ALIGN = 16
 #: How a decode step is computed (see :class:`BatchDecoder`).
@@ -515,21 +514,3 @@ class BatchDecoder:
         """Decode until no row is running, looking every ``sync_every`` steps."""
         while self.running():
             self.decode(sync_every)
-
-
-def window_prompt(layer: Any, window: int) -> tuple[torch.Tensor, torch.Tensor, None]:
-    """An uncompressed sliding layer's prompt tokens a next query can still see: its last ``W - 1``
-    (what ``transformers``' sliding layer keeps), as ``(keys, values, valid)``."""
-    keep = window - 1
-    return layer.keys[:, :, -keep:], layer.values[:, :, -keep:], None
-
-
-def prompt_views(layers: Sequence[Any], windows: Sequence[int | None]) -> list[tuple]:
-    """Each cache layer's prompt as ``(keys, values, valid)``: a compressed layer's
-    ``padded_prompt()``, or an uncompressed sliding layer's :func:`window_prompt` (``windows``: per
-    layer, such a layer's window, else ``None``; :meth:`BatchDecoder.uncompressed_windows`)."""
-    if len(layers) != len(windows) or not all(
-        w is not None or hasattr(la, "padded_prompt") for la, w in zip(layers, windows)
-    ):
-        raise UnsupportedModelError("the static decoder needs every layer compressed or sliding")
-    return [la.padded_prompt() if w is None else window_prompt(la, w) for la, w in zip(layers, windows)]

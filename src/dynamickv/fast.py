@@ -81,7 +81,8 @@ class StaticDecoder:
         mode: str = "auto",
         attention: str = "sdpa",
     ) -> None:
-        from .batch_decoder import BatchDecoder, prompt_views
+        from .batch_decoder import BatchDecoder
+        from .sliding import prompt_views
 
         prompts = [
             k for k, _, _ in prompt_views(list(cache.layers), BatchDecoder.uncompressed_windows(model))

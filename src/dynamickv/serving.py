@@ -10,10 +10,11 @@ from typing import Any
 
 import torch
 
-from .batch_decoder import MODES, BatchDecoder, parse_mode, window_prompt
+from .batch_decoder import MODES, BatchDecoder, parse_mode
 from .cache import output_cache
 from .errors import InputError
 from .methods import RECOMMENDED
+from .sliding import window_prompt
 
 __all__ = ["MODES", "BatchDecoder", "parse_mode", "serve", "window_prompt"]
 

@@ -23,8 +23,12 @@ cross-layer methods (PyramidKV, DynamicKV, WindowKV) compare and redistribute bu
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
+from typing import Any
 
 import torch
+
+from .errors import UnsupportedModelError
 
 
 def layer_windows(model: torch.nn.Module) -> list[int | None]:
@@ -105,3 +109,21 @@ def evictable(column_max: list[int], generated: int, next_query: int, window: in
     if prompt == len(column_max):  # generated tokens are younger than every prompt token
         gen = max(0, min(generated, lowest - (next_query - generated)))
     return prompt, gen
+
+
+def window_prompt(layer: Any, window: int) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """An uncompressed sliding layer's prompt tokens a next query can still see: its last ``W - 1``
+    (what ``transformers``' sliding layer keeps), as ``(keys, values, valid)``."""
+    keep = window - 1
+    return layer.keys[:, :, -keep:], layer.values[:, :, -keep:], None
+
+
+def prompt_views(layers: Sequence[Any], windows: Sequence[int | None]) -> list[tuple]:
+    """Each cache layer's prompt as ``(keys, values, valid)``: a compressed layer's
+    ``padded_prompt()``, or an uncompressed sliding layer's :func:`window_prompt` (``windows``: per
+    layer, such a layer's window, else ``None``; :meth:`BatchDecoder.uncompressed_windows`)."""
+    if len(layers) != len(windows) or not all(
+        w is not None or hasattr(la, "padded_prompt") for la, w in zip(layers, windows)
+    ):
+        raise UnsupportedModelError("the static decoder needs every layer compressed or sliding")
+    return [la.padded_prompt() if w is None else window_prompt(la, w) for la, w in zip(layers, windows)]
