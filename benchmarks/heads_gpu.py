@@ -31,7 +31,6 @@ CPU smoke run (no GPU numbers): ``python benchmarks/heads_gpu.py --config tiny -
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import statistics
@@ -46,29 +45,17 @@ import torch
 from dynamickv.bench import CONFIGS, build_model
 from dynamickv.cache import cache_bytes, cache_kwarg, compressed_layers, fork_cache, output_cache
 from dynamickv.compressor import Compressor
+from dynamickv.devices import allocated, peak_gib, release, sync
 from dynamickv.fast import StaticDecoder, chunked_prefill
 
 PAIRS = {"adakv": "snapkv", "pyramidkv:heads=adaptive": "pyramidkv", "kvpress-adakv": "kvpress-snapkv"}
 EAGER_STEPS, STATIC_STEPS, SKIP = 24, 48, 3
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _fresh(device: str) -> int:
     """Free what can be freed, reset the peak; the bytes allocated now (0 on CPU)."""
-    gc.collect()
-    if not device.startswith("cuda"):
-        return 0
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    return torch.cuda.memory_allocated()
-
-
-def _above(device: str, base: int) -> float | None:
-    return (torch.cuda.max_memory_allocated() - base) / 2**30 if device.startswith("cuda") else None
+    release(device)
+    return allocated(device)
 
 
 def head_accounting(cache) -> dict[str, Any]:
@@ -97,14 +84,14 @@ def measure(model, method: str, budget: int, n: int, device: str, chunk: int) ->
     ids = torch.randint(0, model.config.vocab_size, (1, n), device=device)
     base = _fresh(device)
     try:
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         comp = Compressor(model, method, budget, sync_timing=True)
         with comp, chunked_prefill(model, chunk):
             out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        _sync(device)
+        sync(device)
         row["prefill_s"] = time.perf_counter() - t0
-        row["prefill_peak_gib"] = _above(device, base)
+        row["prefill_peak_gib"] = peak_gib(device, base)
         stats = comp.stats
         row["selection_s"] = stats.selection_seconds
         row["kept_mean"] = sum(stats.kept_per_layer) / len(stats.kept_per_layer)
@@ -121,14 +108,14 @@ def measure(model, method: str, budget: int, n: int, device: str, chunk: int) ->
         forked = fork_cache(cache)
         with Compressor(model, "fullkv", 1):  # the wrapper honours the ragged layers' key masks
             for _ in range(EAGER_STEPS):
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 o = model(input_ids=tok, use_cache=True, **{cache_kwarg(model): forked})
                 tok = o.logits[:, -1:].argmax(-1)
-                _sync(device)
+                sync(device)
                 times.append(time.perf_counter() - t0)
         row["decode_eager_ms"] = statistics.median(times[SKIP:]) * 1e3
-        row["decode_peak_gib"] = _above(device, base)
+        row["decode_peak_gib"] = peak_gib(device, base)
         row["bytes_after_decode_vs_kept"] = cache_bytes(forked) / head_accounting(forked)["expected_bytes"]
         del forked, o
         base = _fresh(device)
@@ -137,7 +124,7 @@ def measure(model, method: str, budget: int, n: int, device: str, chunk: int) ->
             decoder = StaticDecoder(model, cache, STATIC_STEPS + 1, graph=device.startswith("cuda"))
             decoder.generate(first[:, 0], STATIC_STEPS + 1, timings=times)
             row["decode_static_ms"] = statistics.median(times[SKIP:]) * 1e3
-            row["decode_static_peak_gib"] = _above(device, base)
+            row["decode_static_peak_gib"] = peak_gib(device, base)
             del decoder
         except torch.OutOfMemoryError:
             raise

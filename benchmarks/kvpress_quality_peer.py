@@ -52,7 +52,7 @@ def matched_ratio(budget: int, n: int) -> float:
     product a hair under ``B`` for some ``n``, and ``int`` then keeps ``B - 1`` (seen on Gemma 3:
     ``benchmarks/kvpress_kept.py``). A quarter token more puts the product in ``[B, B + 0.5)``, where
     both rules give ``B``. A budget of the whole prompt or more compresses nothing (ratio 0)."""
-    return max(0.0, 1.0 - (budget + 0.25) / n) if budget < n else 0.0
+    return 1.0 - (budget + 0.25) / n if budget < n else 0.0
 
 
 def _stub_optional_imports() -> None:

@@ -26,8 +26,7 @@ from .batch_decoder import BatchDecoder, parse_mode
 from .cache import CompressedLayer, _LayerGroup, cache_bytes, cache_kwarg, output_cache
 
 # one device, or every GPU of a spread model: clocks synchronised and memory summed over all of them
-from .devices import GIB, peak_gib, release, sync
-from .devices import allocated as _allocated
+from .devices import GIB, allocated, peak_gib, release, sync
 
 
 def steady_ms(times: list[float], warmup: int) -> float:
@@ -51,7 +50,7 @@ def prefill(model, method: str, budget: int, ids: torch.Tensor, chunk: int = 819
 
     device = ids.device
     release(device)
-    base = _allocated(device)
+    base = allocated(device)
     sync(device)
     t0 = time.perf_counter()
     stats = None
@@ -146,7 +145,7 @@ def decoder_rate(
     and are timed together), tokens per second, the decoder's buffer bytes and peak memory."""
     device = requests[0]["first"].device
     release(device)
-    base = _allocated(device)
+    base = allocated(device)
     t0 = time.perf_counter()
     decoder = filled_decoder(model, requests, rows, steps + 2, mode)
     decoder.decode(1)  # capture (graph), compile (compiled mode)
@@ -179,7 +178,7 @@ def plain_rate(model, request: dict[str, Any], rows: int, steps: int) -> dict[st
 
     device = request["first"].device
     release(device)
-    base = _allocated(device)
+    base = allocated(device)
     cache = DynamicCache()
     for i, layer in enumerate(request["cache"].layers):
         k, v = layer.keys, layer.values

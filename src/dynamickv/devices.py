@@ -28,19 +28,17 @@ def resolve(device: str) -> list[torch.device]:
     if device == "auto":
         n = torch.cuda.device_count()
         return [torch.device("cuda", i) for i in range(n)] or [torch.device("cpu")]
-    d = torch.device(device)
-    if d.type == "cuda" and d.index is None:
-        d = torch.device("cuda", torch.cuda.current_device())
-    return [d]
+    return [_indexed(torch.device(device))]
+
+
+def _indexed(d: torch.device) -> torch.device:
+    """``cuda`` as the GPU it means now (the current one); any other device as it is."""
+    return torch.device("cuda", torch.cuda.current_device()) if d.type == "cuda" and d.index is None else d
 
 
 def _cuda(device: Devices) -> list[torch.device]:
     many = [device] if isinstance(device, str | torch.device) else list(device)
-    out = []
-    for d in map(torch.device, many):
-        if d.type == "cuda":
-            out.append(d if d.index is not None else torch.device("cuda", torch.cuda.current_device()))
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(_indexed(d) for d in map(torch.device, many) if d.type == "cuda"))
 
 
 def sync(device: Devices) -> None:
@@ -52,8 +50,10 @@ def sync(device: Devices) -> None:
 def release(device: Devices) -> None:
     """Free cached blocks and restart the peak counters on every CUDA device in ``device``."""
     gc.collect()
-    for d in _cuda(device):
-        torch.cuda.empty_cache()
+    cuda = _cuda(device)
+    if cuda:
+        torch.cuda.empty_cache()  # every GPU's cached blocks at once
+    for d in cuda:
         torch.cuda.reset_peak_memory_stats(d)
 
 
