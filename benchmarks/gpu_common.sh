@@ -8,7 +8,7 @@ set -uo pipefail
 if [ "${DRY:-0}" = 1 ]; then NPROC=1 DEVICE=cpu DTYPE=float32; fi
 START=$(date +%s)
 left() { echo $((DEADLINE - ($(date +%s) - START))); }
-RUNS=/tmp/runs
+RUNS=${RUNS:-/tmp/runs}
 mkdir -p "$RUNS/logs"
 pip_target() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$1" "${@:2}"; }
 # a folder left out of the carry is skipped (RULER's generators are only needed when no cache file matches)
@@ -31,6 +31,9 @@ SMOL=smollm2-135m QWEN=qwen2.5-coder-0.5b QLEN=8192
 step() { # name, estimated seconds, command...
   local name=$1 est=$2
   shift 2
+  if grep -qx "$name rc=0 .*" "$RUNS/steps.txt" 2>/dev/null; then
+    return # finished by an earlier call on this machine
+  fi
   if [ "$(left)" -lt "$est" ]; then
     echo "$name skipped ($(left) s left, needs ~$est)" | tee -a "$RUNS/steps.txt"
     return
@@ -56,6 +59,8 @@ peer() { # run folder, model
 peer_shards() { # run folder (with peer_prompts.jsonl), model: kvpress over $NPROC processes; a shard
   # file already there is resumed (its records are skipped)
   local run=$RUNS/$1 model=$2 pids=()
+  # a step's timeout stops this shell: take its kvpress processes with it, so that none writes on
+  trap 'kill "${pids[@]}" 2>/dev/null; exit 124' TERM
   for ((i = 0; i < NPROC; i++)); do
     PYTHONPATH=/tmp/kvsite python3 benchmarks/kvpress_quality_peer.py --model-dir "$DYNAMICKV_CACHE/models/$model" \
       --prompts "$run/peer_prompts.jsonl" --budgets "$BUDGETS" --presses "$PRESSES" --shard "$i/$NPROC" \

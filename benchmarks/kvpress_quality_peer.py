@@ -55,6 +55,22 @@ def matched_ratio(budget: int, n: int) -> float:
     return 1.0 - (budget + 0.25) / n if budget < n else 0.0
 
 
+def done_records(out: Path) -> set[tuple[str, str, int | None]]:
+    """The (uid, press, budget) records ``out`` already holds, so that a resumed shard skips them.
+
+    A process stopped mid-write (a time limit) leaves half a line at the end. It is cut off here:
+    appending after it would glue the next record onto it and make the file unreadable."""
+    if not out.is_file():
+        return set()
+    text = out.read_text()
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+        out.write_text(text)
+    return {
+        (r["uid"], r["method"], r["budget"]) for r in map(json.loads, filter(str.strip, text.splitlines()))
+    }
+
+
 def _stub_optional_imports() -> None:
     """kvpress's package ``__init__`` imports presses that import ``datasets`` or ``fire`` (for
     calibration downloads or a command line, neither used here)."""
@@ -195,12 +211,7 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     prompts = [json.loads(line) for line in Path(args.prompts).read_text().splitlines() if line.strip()]
     out = Path(args.out)
-    done = set()
-    if out.is_file():  # resume: skip what is there
-        for line in out.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                done.add((r["uid"], r["method"], r["budget"]))
+    done = done_records(out)
     version = getattr(kvpress, "__version__", "0.5.5")
     with open(out, "a", encoding="utf-8") as fh:
         for p in prompts[i::k]:

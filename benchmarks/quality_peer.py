@@ -89,9 +89,11 @@ def _cell(r: dict[str, Any]) -> tuple[str, str]:
     return r["method"], "full" if r["budget"] is None else str(r["budget"])
 
 
-def score(run: Path, peer_files: list[Path]) -> dict[str, Any]:
+def score(run: Path, peer_files: list[Path], out: Path | None = None) -> dict[str, Any]:
     """Both libraries on the *same* samples: those every configuration of both answered (a run cut
-    short by a time limit leaves some cells with fewer samples; comparing them would compare sets)."""
+    short by a time limit leaves some cells with fewer samples; comparing them would compare sets).
+    The tables go to ``out`` (default: the run folder), so that a committed run can be scored
+    against a new peer without overwriting its own tables."""
     from dynamickv.eval.prompts import sample_uid
     from dynamickv.eval.runner import get_scorer
 
@@ -144,9 +146,58 @@ def score(run: Path, peer_files: list[Path]) -> dict[str, Any]:
         "pyramid_built": {f"{m}@{b}": sorted(v) for (m, b), v in pyramids.items()},
         "methods": tables,
     }
-    (run / "peer_metrics.json").write_text(json.dumps(result, indent=1))
-    (run / "comparison.md").write_text(comparison_md(result))
+    out = out or run
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "peer_metrics.json").write_text(json.dumps(result, indent=1))
+    (out / "comparison.md").write_text(comparison_md(result))
     print(comparison_md(result))
+    return result
+
+
+def _peer_records(files: list[Path]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    records = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+    return {(r["uid"], *_cell(r)): r for r in records if "error" not in r}
+
+
+def diff(run: Path, old_files: list[Path], new_files: list[Path], out: Path | None = None) -> dict[str, Any]:
+    """Two kvpress peers of one run, cell by cell, on the samples both answered: how many answers
+    changed, and the score of each on those samples. Why: a peer re-run with other settings (the
+    matched ratio of 2026-12-01) should say how far its change moved kvpress, not only where it
+    ended up; the old rows may cover fewer samples than the new ones."""
+    from dynamickv.eval.prompts import sample_uid
+    from dynamickv.eval.runner import get_scorer
+
+    config, _, samples = _samples_of_run(run)
+    scorer = get_scorer(config["benchmark"])
+    by_uid = {sample_uid(s): s for s in samples}
+    old, new = _peer_records(old_files), _peer_records(new_files)
+
+    def average(records: list[dict[str, Any]]) -> float:
+        per_task: dict[str, list] = defaultdict(list)
+        for r in records:
+            per_task[r["task"]].append((by_uid[r["uid"]], r["prediction"]))
+        scores = [float(scorer.task(t, [p[0] for p in v], [p[1] for p in v])[0]) for t, v in per_task.items()]
+        return sum(scores) / len(scores)
+
+    cells: dict[str, dict[str, Any]] = {}
+    for method, budget in sorted({k[1:] for k in old} & {k[1:] for k in new}):
+        keys = [k for k in old if k[1:] == (method, budget) and k in new and k[0] in by_uid]
+        if not keys:
+            continue
+        cells[f"{method}@{budget}"] = {
+            "samples": len(keys),
+            "equal_answers": sum(old[k]["prediction"] == new[k]["prediction"] for k in keys),
+            "old": average([old[k] for k in keys]),
+            "new": average([new[k] for k in keys]),
+        }
+    result = {"run": str(run), "model": config["model"], "old": [str(f) for f in old_files], "cells": cells}
+    lines = [f"{'cell':34} {'samples':>7} {'equal':>6} {'old':>6} {'new':>6}"]
+    for name, c in cells.items():
+        lines.append(f"{name:34} {c['samples']:7d} {c['equal_answers']:6d} {c['old']:6.1f} {c['new']:6.1f}")
+    print("\n".join(lines))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -189,11 +240,19 @@ def main() -> None:
     s = sub.add_parser("score")
     s.add_argument("--run", type=Path, required=True)
     s.add_argument("--peer", type=Path, nargs="+", required=True)
+    s.add_argument("--out", type=Path, default=None, help="folder for the tables (default: the run folder)")
+    d = sub.add_parser("diff", help="two peers of one run, cell by cell")
+    d.add_argument("--run", type=Path, required=True)
+    d.add_argument("--old", type=Path, nargs="+", required=True)
+    d.add_argument("--new", type=Path, nargs="+", required=True)
+    d.add_argument("--out", type=Path, default=None, help="JSON file")
     args = ap.parse_args()
     if args.cmd == "prepare":
         prepare(args.run, args.out)
+    elif args.cmd == "diff":
+        diff(args.run, args.old, args.new, args.out)
     else:
-        score(args.run, args.peer)
+        score(args.run, args.peer, args.out)
 
 
 if __name__ == "__main__":
