@@ -7,7 +7,7 @@ import torch
 
 from dynamickv import compress
 from dynamickv.cache import CompressedLayer, cache_kwarg, compressed_layers, fork_cache
-from dynamickv.compressor import attach_key_mask
+from dynamickv.key_mask import attach_key_mask
 from tiny import tiny_model
 
 

@@ -15,9 +15,9 @@ import torch
 
 from dynamickv import compress
 from dynamickv.cache import CompressedLayer, cache_kwarg, compressed_layers, fork_cache, output_cache
-from dynamickv.compressor import attach_key_mask
 from dynamickv.decode_step import layer_weights
 from dynamickv.errors import InputError, UnsupportedModelError
+from dynamickv.key_mask import attach_key_mask
 from dynamickv.serving import BatchDecoder, parse_mode, serve
 from tiny import one_thread, tiny_model
 

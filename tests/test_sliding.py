@@ -15,8 +15,9 @@ from transformers import MistralConfig, Phi3Config
 
 from dynamickv import compress
 from dynamickv.cache import CompressedLayer, cache_kwarg, compressed_layers, fork_cache
-from dynamickv.compressor import attach_key_mask, compressed_window, compressible_layers
+from dynamickv.compressor import compressed_window, compressible_layers
 from dynamickv.errors import UnsupportedModelError
+from dynamickv.key_mask import attach_key_mask
 from dynamickv.methods import METHODS
 from tiny import one_thread, tiny_model
 

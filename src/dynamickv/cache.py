@@ -21,6 +21,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from .errors import UsageError
+from .key_mask import attach_key_mask
 
 
 @dataclass
@@ -130,7 +131,6 @@ class CompressedLayer(DynamicLayer):
 
     def _slide(self, keys, values, first: int, generated: int, queries: int):
         """A sliding layer's step: mask what each query can no longer see, free what no one will."""
-        from .compressor import attach_key_mask
         from .sliding import window_key_mask
 
         low, _ = self._column_bounds()

@@ -41,8 +41,6 @@ def overflow(model: Any, prompt_tokens: int, max_new_tokens: int) -> int:
 def truncate_context_middle(context: str, tokenizer: Any, remove: int) -> str:
     """``context`` without about ``remove`` tokens from its middle (LongBench's rule: the first and the
     last halves of what may stay are kept). Raises :class:`InputError` if nothing would be left."""
-    from .eval.longbench import truncate_middle
-
     tokens = len(tokenizer(context, add_special_tokens=True)["input_ids"])
     keep = tokens - remove
     if keep < 2:
@@ -51,3 +49,22 @@ def truncate_context_middle(context: str, tokenizer: Any, remove: int) -> str:
             "too many with an empty context)"
         )
     return truncate_middle(context, tokenizer, keep)
+
+
+def truncate_middle(prompt: str, tokenizer: Any, max_tokens: int) -> str:
+    """Official middle truncation (``pred.py``): if the prompt has more than ``max_tokens`` tokens, keep
+    the first and the last ``int(max_tokens / 2)`` tokens, each decoded with
+    ``skip_special_tokens=True`` and concatenated without a separator.
+
+    The prompt is tokenized with the tokenizer's default special tokens (as upstream, so a BOS token
+    counts), and returned unchanged when it fits.
+    """
+    if max_tokens < 2:
+        raise InputError(f"max_tokens must be at least 2 for middle truncation, got {max_tokens}")
+    ids = tokenizer(prompt, truncation=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return prompt
+    half = int(max_tokens / 2)
+    head = tokenizer.decode(ids[:half], skip_special_tokens=True)
+    tail = tokenizer.decode(ids[-half:], skip_special_tokens=True)
+    return head + tail

@@ -31,6 +31,7 @@ from transformers.cache_utils import DynamicLayer
 
 from .cache import CompressedLayer, _LayerGroup, require_block
 from .errors import UnsupportedModelError
+from .key_mask import attach_key_mask
 from .selection import Selection
 
 
@@ -200,7 +201,6 @@ class RaggedLayer(CompressedLayer):
 
     # -- transformers cache-layer protocol ----------------------------------------------------
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        from .compressor import attach_key_mask
 
         require_block()
         if self.sliding_window is not None:

@@ -40,6 +40,7 @@ from dynamickv.eval.longbench_config import (
     TASKS_ZH,
 )
 from dynamickv.eval.metrics import aggregate, dataset2metric, sample_score
+from dynamickv.limits import truncate_middle
 
 __all__ = [
     "CHAT_TEMPLATE_MARGIN",
@@ -274,25 +275,6 @@ def max_input_tokens(
     if limit < 2:
         raise InputError(f"context length {ctx} leaves no room for a LongBench prompt ({gen} new tokens)")
     return limit
-
-
-def truncate_middle(prompt: str, tokenizer: Any, max_tokens: int) -> str:
-    """Official middle truncation (``pred.py``): if the prompt has more than ``max_tokens`` tokens, keep
-    the first and the last ``int(max_tokens / 2)`` tokens, each decoded with
-    ``skip_special_tokens=True`` and concatenated without a separator.
-
-    The prompt is tokenized with the tokenizer's default special tokens (as upstream, so a BOS token
-    counts), and returned unchanged when it fits.
-    """
-    if max_tokens < 2:
-        raise InputError(f"max_tokens must be at least 2 for middle truncation, got {max_tokens}")
-    ids = tokenizer(prompt, truncation=False)["input_ids"]
-    if len(ids) <= max_tokens:
-        return prompt
-    half = int(max_tokens / 2)
-    head = tokenizer.decode(ids[:half], skip_special_tokens=True)
-    tail = tokenizer.decode(ids[-half:], skip_special_tokens=True)
-    return head + tail
 
 
 def build_samples(
