@@ -1,5 +1,6 @@
 # Sourced by the GPU scripts: `import_pieces` joins each model's GGUF pieces, left in
-# /tmp/pieces/<model>/part* by earlier calls, and imports it into $DYNAMICKV_CACHE once.
+# /tmp/pieces/<model>/part* (or $PIECES/<model>/part*) by earlier calls, and imports it into
+# $DYNAMICKV_CACHE once.
 #
 # The upload (a call carries the checkout plus its `carry` paths, 64 MiB in all): here,
 #   split -b 55000000 -d -a 2 model.gguf piece   # then each pieceNN into .dev/<m>/partNN/piece
@@ -10,7 +11,7 @@
 # embedded catalog, run the measurement, and put docs/results back.
 import_pieces() {
   local dir name
-  for dir in /tmp/pieces/*/; do
+  for dir in "${PIECES:-/tmp/pieces}"/*/; do
     [ -d "$dir" ] || continue
     name=$(basename "$dir")
     if [ ! -f "$DYNAMICKV_CACHE/models/$name/model.safetensors" ]; then

@@ -28,6 +28,7 @@ def test_step_runs_once_skips_what_cannot_finish_and_what_is_done(tmp_path):
         CARRY=str(tmp_path / "carry"),
         RUNS=str(tmp_path / "runs"),
         DYNAMICKV_CACHE=str(tmp_path / "cache"),
+        PIECES=str(tmp_path / "pieces"),
         DEADLINE="300",
     )
     script = f"""source {BENCH / "gpu_common.sh"}
