@@ -59,8 +59,6 @@ peer() { # run folder, model
 peer_shards() { # run folder (with peer_prompts.jsonl), model: kvpress over $NPROC processes; a shard
   # file already there is resumed (its records are skipped)
   local run=$RUNS/$1 model=$2 pids=()
-  # a step's timeout stops this shell: take its kvpress processes with it, so that none writes on
-  trap 'kill "${pids[@]}" 2>/dev/null; exit 124' TERM
   for ((i = 0; i < NPROC; i++)); do
     PYTHONPATH=/tmp/kvsite python3 benchmarks/kvpress_quality_peer.py --model-dir "$DYNAMICKV_CACHE/models/$model" \
       --prompts "$run/peer_prompts.jsonl" --budgets "$BUDGETS" --presses "$PRESSES" --shard "$i/$NPROC" \
