@@ -89,6 +89,26 @@ def _cell(r: dict[str, Any]) -> tuple[str, str]:
     return r["method"], "full" if r["budget"] is None else str(r["budget"])
 
 
+def kept_exactly(peer: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """Per uniform kvpress cell, ``[records that kept exactly B in every compressed layer, records]``.
+
+    Why: a table that sets two libraries side by side is only fair if both hold B tokens per layer.
+    kvpress's budget is a ratio; with ``1 - B / n`` it kept ``B - 1`` on most prompts, and nothing
+    said so until kept tokens were compared by hand. A layer holding every prompt token is not
+    counted as compressed (Gemma 3's sliding layers, which kvpress leaves alone); a record with no
+    compressed layer (``AdaKVPress``, which masks instead of dropping) does not count as exact. A
+    built pyramid gives layers different budgets by design, so those records are left out."""
+    cells: dict[str, list[int]] = {}
+    for r in peer:
+        if r["budget"] is None or r.get("pyramid") or "kept_tokens_per_layer" not in r:
+            continue
+        held = [k for k in r["kept_tokens_per_layer"] if k < r["compressed_tokens"]]
+        cell = cells.setdefault(f"{r['method']}@{r['budget']}", [0, 0])
+        cell[0] += bool(held) and all(k == r["budget"] for k in held)
+        cell[1] += 1
+    return cells
+
+
 def score(run: Path, peer_files: list[Path], out: Path | None = None) -> dict[str, Any]:
     """Both libraries on the *same* samples: those every configuration of both answered (a run cut
     short by a time limit leaves some cells with fewer samples; comparing them would compare sets).
@@ -144,6 +164,7 @@ def score(run: Path, peer_files: list[Path], out: Path | None = None) -> dict[st
         "common_per_task": dict(sorted(tasks.items())),
         "fullkv_agreement": {"equal": sum(agree), "of": len(agree)},
         "pyramid_built": {f"{m}@{b}": sorted(v) for (m, b), v in pyramids.items()},
+        "kept_exactly_budget": kept_exactly(peer),
         "methods": tables,
     }
     out = out or run
@@ -227,6 +248,12 @@ def comparison_md(result: dict[str, Any]) -> str:
             "",
             "kvpress PyramidKV built a pyramid (else: uniform SnapKV budgets): "
             + ", ".join(f"{k}: {v}" for k, v in sorted(result["pyramid_built"].items())),
+        ]
+    if result.get("kept_exactly_budget"):
+        lines += [
+            "",
+            "kvpress records that kept exactly B tokens in every compressed layer (uniform budgets): "
+            + ", ".join(f"{k}: {v[0]}/{v[1]}" for k, v in sorted(result["kept_exactly_budget"].items())),
         ]
     return "\n".join(lines) + "\n"
 

@@ -108,3 +108,29 @@ def test_a_shard_stopped_mid_write_resumes_without_its_half_record(tmp_path):
 def test_diff_is_a_subcommand_of_the_script():
     done = run("quality_peer", "diff", "--help")
     assert done.returncode == 0 and "--old" in done.stdout and "--new" in done.stdout
+
+
+def test_kept_exactly_counts_records_that_held_b_in_every_compressed_layer():
+    def rec(method, budget, kept, n=100, **extra):
+        return {
+            "method": method,
+            "budget": budget,
+            "kept_tokens_per_layer": kept,
+            "compressed_tokens": n,
+            **extra,
+        }
+
+    peer = [
+        rec("kvpress-snapkv", 8, [8, 8, 8]),
+        rec("kvpress-snapkv", 8, [8, 7, 8]),  # the old ratio's missing token
+        rec("kvpress-snapkv", 8, [100, 8, 100]),  # a Gemma 3: sliding layers hold the whole prompt
+        rec("kvpress-adakv", 8, [100, 100, 100]),  # masked, nothing dropped: not exact
+        rec("kvpress-pyramidkv", 8, [12, 8, 4], pyramid=True),  # a pyramid: left out
+        rec("kvpress-pyramidkv", 8, [8, 8, 8], pyramid=False),
+        rec("kvpress-none", None, [100, 100, 100]),
+    ]
+    assert qp.kept_exactly(peer) == {
+        "kvpress-snapkv@8": [2, 3],
+        "kvpress-adakv@8": [0, 1],
+        "kvpress-pyramidkv@8": [1, 1],
+    }
