@@ -4,6 +4,7 @@
         docs/results/quality/grid_1130/final_qwen --out docs/results/quality/grid_1130/grid.png
     Q=docs/results/quality/q15_1130   # two steps on the same prompts share a panel with "+":
     python benchmarks/grid_plot.py $Q/q15_ruler+$Q/q15_ruler_more $Q/q15_niah --out $Q/grid.png
+    # a folder holding only a peer_metrics.json (quality_peer.py score --out) is a panel too
 
 Reads each run's ``peer_metrics.json`` (written by ``benchmarks/quality_peer.py score``: both
 libraries on the samples every configuration answered) or, without one, the harness's
@@ -47,7 +48,16 @@ def cells(run: Path) -> tuple[str, dict[str, dict[str, float]], int]:
             name: {b: v["average"] for b, v in entry["budgets"].items()}
             for name, entry in m["methods"].items()
         }
-        return f"{m['model']}, {m['benchmark']} ({m['common_samples']} samples)", table, m["common_samples"]
+        where = "".join(
+            f", {label} {value}"
+            for label, value in (("L", ",".join(map(str, m.get("lengths") or []))), ("seed", m.get("seed")))
+            if value
+        )
+        return (
+            f"{m['model']}, {m['benchmark']}{where} ({m['common_samples']} samples)",
+            table,
+            m["common_samples"],
+        )
     m = json.loads((run / "metrics.json").read_text())
     # the benchmark's average over its tasks (RULER's 13; NIAH's one)
     table = {name: dict(by_budget) for name, by_budget in m["average"].items()}
@@ -69,13 +79,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", help="run folders; A+B puts two runs of the same prompts in one panel")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--columns", type=int, default=0, help="panels per row (default: all in one row)")
     args = ap.parse_args()
 
     plt = pyplot()
 
     panels = [[Path(p) for p in arg.split("+")] for arg in args.runs]
-    fig, axes = plt.subplots(1, len(panels), figsize=(7.5 * len(panels), 4.6), squeeze=False)
-    for ax, runs in zip(axes[0], panels, strict=True):
+    columns = min(args.columns or len(panels), len(panels))
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(7.5 * columns, 4.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, runs in zip(axes.flat, panels, strict=False):
         title, table = panel(runs)
         print(f"== {title}")
         full = table.pop("fullkv", {}).get("full")

@@ -159,6 +159,8 @@ def score(run: Path, peer_files: list[Path], out: Path | None = None) -> dict[st
         "benchmark": config["benchmark"],
         "model": config["model"],
         "protocol": config.get("protocol"),
+        "lengths": config.get("lengths"),
+        "seed": config.get("seed"),
         "samples": len(samples),
         "common_samples": len(common),
         "common_per_task": dict(sorted(tasks.items())),
