@@ -7,8 +7,9 @@
 #
 # Priority order: B = 128 (the comparison) with kvpress's best press (PyramidKV, window 8)
 # and its default SnapKV on the four sets, then Gemma at B = 128, then B = 64 and 256 on the four
-# sets and on Gemma. Every step resumes what an earlier call left (kvpress_quality_peer.py skips the records
-# its shard file holds), so a second call on the same machine carries on.
+# sets and on Gemma. A step an earlier call finished is skipped, and one it cut short resumes
+# (kvpress_quality_peer.py skips the records its shard file holds), so further calls on the same
+# machine carry on.
 #
 # Prepared here (CPU), carried beforehand, one piece a call (benchmarks/gpu_pieces.sh):
 #   /tmp/pieces/<model>/part*          the GGUF files (SmolLM2 3 pieces, Qwen 9, Gemma 5)

@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--columns", type=int, default=0, help="panels per row (default: all in one row)")
     args = ap.parse_args()
+    if args.columns < 0:
+        ap.error(f"--columns must be 0 (one row) or more, got {args.columns}")
 
     plt = pyplot()
 
