@@ -9,9 +9,9 @@ every budget, decodes greedily (kvpress's pipeline loop: explicit positions afte
 length, stop at EOS), and writes one JSON line per (prompt, press, budget).
 
 Budgets are matched to dynamickv's ``B`` (tokens kept per layer per KV head, window included):
-``compression_ratio = 1 - (B + 0.25) / n`` (:func:`matched_ratio`; runs before 2026-11-30 passed
-``1 - B / n``, with which kvpress kept ``B - 1`` tokens for some ``n``). Presses, each at kvpress's defaults and where it matters at
-dynamickv's settings:
+``compression_ratio = 1 - (B + 0.25) / n`` (:func:`matched_ratio`). Runs before 2026-11-30 passed
+``1 - B / n``, with which kvpress kept ``B - 1`` tokens for some ``n``; ``--ratio naive`` reproduces
+them. Presses, each at kvpress's defaults and where it matters at dynamickv's settings:
 
 * ``kvpress-snapkv``: ``SnapKVPress()`` (window 64, kernel 5, average pooling);
 * ``kvpress-snapkv:w32k7``: ``SnapKVPress(window_size=32, kernel_size=7)``, dynamickv's SnapKV window
@@ -53,6 +53,16 @@ def matched_ratio(budget: int, n: int) -> float:
     ``benchmarks/kvpress_kept.py``). A quarter token more puts the product in ``[B, B + 0.5)``, where
     both rules give ``B``. A budget of the whole prompt or more compresses nothing (ratio 0)."""
     return 1.0 - (budget + 0.25) / n if budget < n else 0.0
+
+
+def naive_ratio(budget: int, n: int) -> float:
+    """``1 - B / n``: the ratio of every peer run before 2026-12-01. It keeps ``B - 1`` where
+    ``int`` rounds the product down; kept here so that those committed rows can be reproduced and
+    set against the matched ones (``--ratio naive``)."""
+    return 1.0 - budget / n if budget < n else 0.0
+
+
+RATIOS = {"matched": matched_ratio, "naive": naive_ratio}
 
 
 def done_records(out: Path) -> set[tuple[str, str, int | None]]:
@@ -187,6 +197,12 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument(
+        "--ratio",
+        choices=tuple(RATIOS),
+        default="matched",
+        help="matched: kvpress keeps exactly B (default); naive: 1 - B / n, as runs before 2026-12-01 did",
+    )
+    ap.add_argument(
         "--sliding",
         choices=("skip", "compress"),
         default="skip",
@@ -222,7 +238,7 @@ def main() -> None:
             for name, b in configs:
                 if (p["uid"], name, b) in done:
                     continue
-                press = None if b is None else factories[name](matched_ratio(b, n))
+                press = None if b is None else factories[name](RATIOS[args.ratio](b, n))
                 t0 = time.perf_counter()
                 error = None
                 try:
