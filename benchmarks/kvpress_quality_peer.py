@@ -9,8 +9,8 @@ every budget, decodes greedily (kvpress's pipeline loop: explicit positions afte
 length, stop at EOS), and writes one JSON line per (prompt, press, budget).
 
 Budgets are matched to dynamickv's ``B`` (tokens kept per layer per KV head, window included):
-``compression_ratio = 1 - (B + 0.25) / n`` (:func:`matched_ratio`). Runs before 2026-11-30 passed
-``1 - B / n``, with which kvpress kept ``B - 1`` tokens for some ``n``; ``--ratio naive`` reproduces
+``compression_ratio = 1 - (B + 0.25) / n`` (:func:`matched_ratio`). Peer rows made before 2026-12-01
+passed ``1 - B / n``, with which kvpress kept ``B - 1`` tokens for some ``n``; ``--ratio naive`` reproduces
 them. Presses, each at kvpress's defaults and where it matters at dynamickv's settings:
 
 * ``kvpress-snapkv``: ``SnapKVPress()`` (window 64, kernel 5, average pooling);

@@ -89,6 +89,20 @@ def _cell(r: dict[str, Any]) -> tuple[str, str]:
     return r["method"], "full" if r["budget"] is None else str(r["budget"])
 
 
+def _read_peer(files: list[Path]) -> list[dict[str, Any]]:
+    """kvpress's records in ``files``, those that failed (``error``) left out."""
+    records = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
+    return [r for r in records if "error" not in r]
+
+
+def _task_scores(scorer: Any, by_uid: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, float]:
+    """Each task's score over ``records`` (the benchmark's scorer, per task, as the harness scores)."""
+    per_task: dict[str, list] = defaultdict(list)
+    for r in records:
+        per_task[r["task"]].append((by_uid[r["uid"]], r["prediction"]))
+    return {t: float(scorer.task(t, [p[0] for p in v], [p[1] for p in v])[0]) for t, v in per_task.items()}
+
+
 def kept_exactly(peer: list[dict[str, Any]]) -> dict[str, list[int]]:
     """Per uniform kvpress cell, ``[records that kept exactly B in every compressed layer, records]``.
 
@@ -120,8 +134,7 @@ def score(run: Path, peer_files: list[Path], out: Path | None = None) -> dict[st
     config, _, samples = _samples_of_run(run)
     scorer = get_scorer(config["benchmark"])
     by_uid = {sample_uid(s): s for s in samples}
-    peer = [json.loads(line) for f in peer_files for line in f.read_text().splitlines() if line.strip()]
-    peer = [r for r in peer if "error" not in r]
+    peer = _read_peer(peer_files)
     ours = _records(run)
     cells: dict[tuple[str, str], set[str]] = defaultdict(set)
     for r in ours + peer:
@@ -134,19 +147,17 @@ def score(run: Path, peer_files: list[Path], out: Path | None = None) -> dict[st
     ]
     tables: dict[str, dict[str, Any]] = {}
     for source, records in (("dynamickv", ours), ("kvpress", peer)):
-        grouped: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         for r in records:
             if r["uid"] in common:
-                grouped[_cell(r)][r["task"]].append((by_uid[r["uid"]], r["prediction"]))
-        for (method, budget), per_task in grouped.items():
-            task_scores = {
-                t: float(scorer.task(t, [p[0] for p in v], [p[1] for p in v])[0]) for t, v in per_task.items()
-            }
+                grouped[_cell(r)].append(r)
+        for (method, budget), cell in grouped.items():
+            task_scores = _task_scores(scorer, by_uid, cell)
             entry = tables.setdefault(method, {"source": source, "budgets": {}})
             entry["budgets"][budget] = {
                 "average": sum(task_scores.values()) / len(task_scores),
                 "tasks": task_scores,
-                "n": sum(len(v) for v in per_task.values()),
+                "n": len(cell),
             }
     pyramids = defaultdict(set)
     for r in peer:
@@ -177,11 +188,6 @@ def score(run: Path, peer_files: list[Path], out: Path | None = None) -> dict[st
     return result
 
 
-def _peer_records(files: list[Path]) -> dict[tuple[str, str, str], dict[str, Any]]:
-    records = [json.loads(line) for f in files for line in f.read_text().splitlines() if line.strip()]
-    return {(r["uid"], *_cell(r)): r for r in records if "error" not in r}
-
-
 def diff(run: Path, old_files: list[Path], new_files: list[Path], out: Path | None = None) -> dict[str, Any]:
     """Two kvpress peers of one run, cell by cell, on the samples both answered: how many answers
     changed, and the score of each on those samples. Why: a peer re-run with other settings (the
@@ -193,20 +199,18 @@ def diff(run: Path, old_files: list[Path], new_files: list[Path], out: Path | No
     config, _, samples = _samples_of_run(run)
     scorer = get_scorer(config["benchmark"])
     by_uid = {sample_uid(s): s for s in samples}
-    old, new = _peer_records(old_files), _peer_records(new_files)
+    old, new = ({(r["uid"], *_cell(r)): r for r in _read_peer(files)} for files in (old_files, new_files))
 
     def average(records: list[dict[str, Any]]) -> float:
-        per_task: dict[str, list] = defaultdict(list)
-        for r in records:
-            per_task[r["task"]].append((by_uid[r["uid"]], r["prediction"]))
-        scores = [float(scorer.task(t, [p[0] for p in v], [p[1] for p in v])[0]) for t, v in per_task.items()]
-        return sum(scores) / len(scores)
+        scores = _task_scores(scorer, by_uid, records)
+        return sum(scores.values()) / len(scores)
 
+    shared: dict[tuple[str, str], list[tuple[str, str, str]]] = defaultdict(list)
+    for key in sorted(old.keys() & new.keys()):  # sorted: the same sums, bit for bit, every run
+        if key[0] in by_uid:
+            shared[key[1:]].append(key)
     cells: dict[str, dict[str, Any]] = {}
-    for method, budget in sorted({k[1:] for k in old} & {k[1:] for k in new}):
-        keys = [k for k in old if k[1:] == (method, budget) and k in new and k[0] in by_uid]
-        if not keys:
-            continue
+    for (method, budget), keys in sorted(shared.items()):
         cells[f"{method}@{budget}"] = {
             "samples": len(keys),
             "equal_answers": sum(old[k]["prediction"] == new[k]["prediction"] for k in keys),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -83,12 +83,7 @@ def placement(n_layers: int, n_devices: int) -> list[int]:
     return [d for d in range(n_devices) for _ in range(q + (d < r))]
 
 
-@contextlib.contextmanager
-def on_device(device: torch.device) -> Iterator[None]:
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
     """``device`` made the current CUDA device for the block (nothing off CUDA). Streams and CUDA
     graphs are made on the current device, whatever device the tensors are on."""
-    if device.type != "cuda":
-        yield
-        return
-    with torch.cuda.device(device):
-        yield
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
