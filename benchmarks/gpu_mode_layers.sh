@@ -17,13 +17,8 @@
 set -euo pipefail
 : "${OUT:?}" "${PROMPTS:=.dev/wprompts}" "${DEVICE:=cuda}" "${DTYPE:=bfloat16}"
 : "${MODELS:=smollm2-135m:4096,qwen2.5-coder-0.5b:8192}" "${PROTOCOLS:=raw,chat,agnostic}"
-if compgen -G ".whl/ours/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/ours/*.whl
-fi
-export PYTHONPATH="/tmp/site:$PWD/src" PYTHONUNBUFFERED=1 HF_HUB_DISABLE_PROGRESS_BARS=1
-export DYNAMICKV_CACHE="${DYNAMICKV_CACHE:-/tmp/dkv}"
 source "$(dirname "${BASH_SOURCE[0]}")/gpu_pieces.sh"
-import_pieces 2>&1 | { grep -v "Loading\|Converting\|it/s" || true; }
+setup_models
 run() { python3 benchmarks/windowkv_mode_layers.py --models "$MODELS" --prompts "$PROMPTS" --device "$DEVICE" --dtype "$DTYPE" "$@"; }
 # the measurement, then the echo control (the QA prompts without their restated instruction); the
 # analysis runs after, anywhere: --report windowkv_mode_layers.json --echo windowkv_mode_layers_echo.json

@@ -23,3 +23,15 @@ import_pieces() {
     fi
   done
 }
+
+# The set-up of a script that needs no more than our code and the models (gpu_mode_layers.sh,
+# gpu_surprisal.sh): the carried gguf wheel (.whl/ours, relative to the checkout), the paths, and
+# the models' import.
+setup_models() {
+  if compgen -G ".whl/ours/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/ours/*.whl
+  fi
+  export PYTHONPATH="/tmp/site:$PWD/src" PYTHONUNBUFFERED=1 HF_HUB_DISABLE_PROGRESS_BARS=1
+  export DYNAMICKV_CACHE="${DYNAMICKV_CACHE:-/tmp/dkv}"
+  import_pieces 2>&1 | { grep -v "Loading\|Converting\|it/s" || true; }
+}

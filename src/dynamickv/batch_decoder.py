@@ -35,13 +35,14 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache
 
 from .cache import cache_kwarg
-from .decode_step import FusedStep, check_attention, grouped_attention, write_slot
+from .decode_step import FusedStep, check_attention
 from .devices import on_device, sync
 from .errors import InputError, UnsupportedModelError
 from .sliding import layer_windows, prompt_views
+from .slot_cache import SlotCache, SlotLayer
 
 _ALIGN = 16
 #: How a decode step is computed (see :class:`BatchDecoder`).
@@ -60,48 +61,6 @@ def parse_mode(spec: str) -> tuple[str, str]:
 
 def _round_up(n: int, m: int = _ALIGN) -> int:
     return -(-n // m) * m
-
-
-class _SlotLayer(DynamicLayer):
-    """One layer's decoder buffers seen as a ``transformers`` cache layer (the plain path)."""
-
-    is_sliding = False
-
-    def __init__(self, decoder: BatchDecoder, index: int) -> None:
-        super().__init__()
-        self.decoder, self.index = decoder, index
-        self.is_initialized = True
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if key_states.shape[-2] != 1:
-            raise RuntimeError("the static decoder decodes one token at a time")
-        keys, values, mask = self.decoder.buffers[self.index]
-        slot, rows, heads = self.decoder._indices(keys.device)
-        write_slot(keys, rows, heads, slot, key_states[:, :, 0])
-        write_slot(values, rows, heads, slot, value_states[:, :, 0])
-        write_slot(mask, rows, heads, slot, torch.zeros((), dtype=mask.dtype, device=mask.device))
-        return keys, values
-
-    def attention(self, module, query, key, value, impl: str, inner, **kwargs):
-        """The attention wrapper's static branch: attend to this layer's valid slots only."""
-        mask = self.decoder.buffers[self.index][2].unsqueeze(2)  # [rows, kv_heads, 1, slots]
-        scaling = kwargs.pop("scaling", None) or module.scaling
-        if impl == "eager":  # the model's own eager attention, the mask spread over query heads
-            mask = mask.repeat_interleave(query.shape[1] // key.shape[1], dim=1)
-            return inner(module, query, key, value, mask, scaling=scaling, **kwargs)
-        out = grouped_attention(query, key, value, mask, scaling)
-        return out.transpose(1, 2).contiguous(), None
-
-    def get_seq_length(self, *args, **kwargs) -> int:
-        return self.decoder.seen_max
-
-    def get_mask_sizes(self, query_length: int, *args, **kwargs) -> tuple[int, int]:
-        return self.decoder.buffers[self.index][0].shape[-2], 0
-
-
-class _SlotCache(Cache):
-    def __init__(self, layers: list[_SlotLayer]) -> None:
-        super().__init__(layers=layers)
 
 
 class BatchDecoder:
@@ -230,7 +189,7 @@ class BatchDecoder:
         self.occupied = [False] * rows
         self.seen_max = 0
         self.graph: torch.cuda.CUDAGraph | None = None
-        self._cache = _SlotCache([_SlotLayer(self, i) for i in range(n_layers)])
+        self._cache = SlotCache([SlotLayer(self, i) for i in range(n_layers)])
         self._cache_kw = cache_kwarg(model)
 
     # -- buffers --------------------------------------------------------------------------------
@@ -264,7 +223,7 @@ class BatchDecoder:
         """Bytes of every layer's keys, values and mask."""
         return sum(t.numel() * t.element_size() for b in self.buffers for t in b)
 
-    def _indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def slot_indices(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(slot, rows, heads)`` on ``device``: the write slot per row and the index helpers."""
         if device not in self._index_cache:
             rows = torch.arange(self.rows, device=device).view(-1, 1)
@@ -401,7 +360,7 @@ class BatchDecoder:
     def _logits(self) -> torch.Tensor:
         self._slide()
         if self.step_fn is not None:
-            slot, rows, heads = self._indices(self.device)
+            slot, rows, heads = self.slot_indices(self.device)
             return self.step_fn(self.tok, self.pos, self.buffers, slot, rows, heads)
         out = self.model(
             input_ids=self.tok.view(-1, 1),
