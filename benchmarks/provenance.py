@@ -24,5 +24,14 @@ def provenance(script: str, args: argparse.Namespace, device: str = "cpu") -> di
     return {
         "command": f"python benchmarks/{script} {options}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()} {device}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()} {_device_name(device)}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}",
     }
+
+
+def _device_name(device: str) -> str:
+    """``device``, with the GPU's name where it is one (``cuda (NVIDIA H200)``): "cuda" alone does
+    not say which machine a timing came from."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return device
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
