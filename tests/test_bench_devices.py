@@ -74,3 +74,28 @@ def test_an_oom_is_recorded_with_where_it_struck(monkeypatch, where):
     row = bench.measure(model, "snapkv", 64, 256, 4, [torch.device("cpu")], 128, False, 0, 4)
     assert row["oom"] is True and row["oom_in"] == where
     assert ("prefill_s" in row) == (where != "prefill")  # what finished before it is kept
+
+
+@pytest.mark.parametrize(
+    "error,recorded",
+    [
+        # what the driver raises when it cannot make a graph's stream: not a torch.OutOfMemoryError
+        (RuntimeError("CUDA error: out of memory"), True),
+        (RuntimeError("shapes cannot be multiplied"), False),
+    ],
+)
+def test_a_driver_oom_is_recorded_and_other_errors_are_not(monkeypatch, error, recorded):
+    from dynamickv import bench, fast
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(fast.StaticDecoder, "generate", fail)
+    model = build_model("tiny", "cpu", torch.float32)
+    args = (model, "snapkv", 64, 256, 4, [torch.device("cpu")], 128, False, 0, 4)
+    if recorded:
+        row = bench.measure(*args)
+        assert row["oom"] is True and row["oom_in"] == "static decode"
+    else:
+        with pytest.raises(RuntimeError, match="shapes"):
+            bench.measure(*args)

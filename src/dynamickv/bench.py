@@ -107,7 +107,7 @@ def copy_bandwidth(device: str | torch.device) -> float | None:
     return 2 * (1 << 30) / seconds
 
 
-from .bench_serving import steady_ms  # noqa: E402
+from .bench_serving import is_oom, steady_ms  # noqa: E402
 from .cache import cache_kwarg, output_cache  # noqa: E402
 
 
@@ -200,7 +200,10 @@ def measure(
             row["decode_static_ms"] = steady_ms(times, warmup=3)
             row["decode_static_peak_gib"] = peak_gib(device, base)
         del cache
-    except torch.OutOfMemoryError:
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        # also the driver's own (a stream or a graph that cannot be made: torch.AcceleratorError)
+        if not is_oom(e):
+            raise
         row.update(oom=True, oom_in=phase)
     release(device)
     row["weights_gib"] = weights / 2**30

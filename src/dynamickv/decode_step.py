@@ -297,6 +297,12 @@ def _fused_param(modules: list[torch.nn.Linear], name: str) -> torch.Tensor:
     params = [getattr(m, name) for m in modules]
     fused = _adjacent(params)
     if fused is None:
+        if params[0].is_cuda:
+            # Hand the previous group's freed weights back first. Otherwise the caching allocator
+            # carves this buffer out of one of them (a freed 470 MB gate weight serving a 160 MB
+            # q/k/v buffer) and the rest of that block can never be returned: on the Llama-3.1-70B
+            # shape that stranded 5.2 GiB, and one H200 then ran out of memory prefilling 24k tokens.
+            torch.cuda.empty_cache()
         # outside inference mode: a parameter's data cannot become an inference tensor
         with torch.inference_mode(False), torch.no_grad():
             fused = torch.cat([p.detach() for p in params])
