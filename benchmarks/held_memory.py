@@ -17,7 +17,6 @@ new capture stream kept a cuBLAS workspace (+0.03 GiB per configuration). Usage 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
 import time
@@ -27,15 +26,15 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prefill_memory import build
 from provenance import provenance
 
-GIB = 2**30
+from dynamickv.devices import GIB, release
 
 
-def held(weights: int) -> dict[str, float]:
+def held(devices: list[torch.device], weights: int) -> dict[str, float]:
     """Allocated and reserved GiB above ``weights`` and the GPU's free GiB, after a collection."""
-    gc.collect()
-    torch.cuda.empty_cache()
+    release(devices)  # collected, cache emptied
     return {
         "allocated_gib": (torch.cuda.memory_allocated() - weights) / GIB,
         "reserved_gib": (torch.cuda.memory_reserved() - weights) / GIB,
@@ -66,19 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         sequence = parse_sequence(args.sequence)
     except ValueError as e:
         ap.error(f"--sequence: {e}")
-    if not torch.cuda.is_available():
-        ap.error("this measures CUDA memory: no CUDA device is visible")
-    from dynamickv.bench import build_model, measure
-    from dynamickv.bench_configs import CONFIGS
+    from dynamickv.bench import measure
 
-    if args.config not in CONFIGS:
-        ap.error(f"unknown --config {args.config!r}; known: {', '.join(CONFIGS)}")
-    model = build_model(args.config, "cuda", torch.bfloat16)
+    model, weights = build(ap, args.config)
     devices = [torch.device("cuda", torch.cuda.current_device())]
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
     result: dict[str, Any] = provenance("held_memory.py", args, "cuda") | {
         "weights_gib": weights / GIB,
-        "built": held(weights),
+        "built": held(devices, weights),
         "rows": [],
     }
     out = Path(args.out)
@@ -89,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         row = measure(model, method, args.budget, n, 8, devices, 8192, True, weights, 8, mode=args.mode)
         after = {"method": method, "tokens": n, "oom": bool(row.get("oom")), "oom_in": row.get("oom_in")}
         after |= {"static_mode": row.get("decode_static_mode"), "seconds": time.perf_counter() - t0}
-        after |= {"held_after": held(weights)}
+        after |= {"held_after": held(devices, weights)}
         result["rows"].append(after)
         out.write_text(json.dumps(result, indent=1))
         print(json.dumps(after), flush=True)

@@ -37,7 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance
 
-GIB = 2**30
+from dynamickv.devices import GIB
+
 OURS = ("transformers/", "dynamickv/")
 
 
@@ -120,6 +121,21 @@ def prefill(model: Any, method: str, budget: int, n: int, chunk: int) -> dict[st
     return row
 
 
+def build(ap: argparse.ArgumentParser, config: str) -> tuple[Any, int]:
+    """``bench``'s random-weight model of ``config`` on the GPU in bf16, and its weight bytes; one
+    line through ``ap`` where there is no GPU or no such configuration. Shared with
+    ``held_memory.py``."""
+    if not torch.cuda.is_available():
+        ap.error("this measures CUDA memory: no CUDA device is visible")
+    from dynamickv.bench import build_model
+    from dynamickv.bench_configs import CONFIGS
+
+    if config not in CONFIGS:
+        ap.error(f"unknown --config {config!r}; known: {', '.join(CONFIGS)}")
+    model = build_model(config, "cuda", torch.bfloat16)
+    return model, sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="llama-3.1-70b")
@@ -133,17 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         lengths = [int(x) for x in args.lengths.split(",") if x]
     except ValueError:
         ap.error(f"--lengths must be integers separated by commas, not {args.lengths!r}")
-    if not torch.cuda.is_available():
-        ap.error("this measures CUDA memory: no CUDA device is visible")
-    from dynamickv.bench import build_model
-    from dynamickv.bench_configs import CONFIGS
-
-    if args.config not in CONFIGS:
-        ap.error(f"unknown --config {args.config!r}; known: {', '.join(CONFIGS)}")
-    torch._C._cuda_attach_out_of_memory_observer(_observer)
     t0 = time.perf_counter()
-    model = build_model(args.config, "cuda", torch.bfloat16)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    model, weights = build(ap, args.config)
+    torch._C._cuda_attach_out_of_memory_observer(_observer)
     free, total = torch.cuda.mem_get_info()
     result: dict[str, Any] = provenance("prefill_memory.py", args, "cuda") | {
         "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),

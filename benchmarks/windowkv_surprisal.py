@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from provenance import provenance
 from windowkv_auto import SETS, _pct, agreement, threshold_study
 
+from dynamickv.eval.outdir import read_jsonl
 from dynamickv.replay import record_prefill
 
 SINKS, RECENT, QUERIES, EVIDENCE = 8, 256, 16, 16
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     partial = out.with_suffix(".partial.jsonl")  # resume: one line per finished sample
-    done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.is_file() else []
+    done = [record for _, record in read_jsonl(partial)]  # a half-written last line is cut off
     seen = {(r["model"], r["uid"]) for r in done}
     for name in [m for m in args.models.split(",") if m]:
         source = Path(args.prompts) / f"{name}.pt"

@@ -117,11 +117,12 @@ def record_key(record: dict[str, Any]) -> tuple[str, str, str]:
     return str(record["uid"]), str(record["method"]), FULL if budget is None else str(parse_budget(budget))
 
 
-def load_predictions(path: str | Path, repair: bool = True) -> list[dict[str, Any]]:
-    """The records of a predictions file, first occurrence of each (uid, method, budget) kept.
+def read_jsonl(path: str | Path, repair: bool = True) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, record)`` for every line of a JSON-lines file that is appended to one line at
+    a time.
 
-    A last line without its newline (a run killed mid-write) is dropped, and with ``repair`` cut from the
-    file so that appending continues on a clean line. A corrupt line elsewhere is an error.
+    A last line without its newline (a process killed mid-write) is dropped, and with ``repair`` cut
+    from the file so that appending continues on a clean line. A corrupt line elsewhere is an error.
     """
     path = Path(path)
     if not path.is_file():
@@ -133,14 +134,23 @@ def load_predictions(path: str | Path, repair: bool = True) -> list[dict[str, An
             fh.truncate(end)
             fh.flush()
             os.fsync(fh.fileno())
+    out = []
+    for lineno, line in enumerate(data[:end].split(b"\n"), start=1):
+        if line.strip():
+            try:
+                out.append((lineno, json.loads(line)))
+            except ValueError as exc:
+                raise InputError(f"{path}:{lineno}: corrupt record ({exc})") from None
+    return out
+
+
+def load_predictions(path: str | Path, repair: bool = True) -> list[dict[str, Any]]:
+    """The records of a predictions file (:func:`read_jsonl`), first occurrence of each (uid,
+    method, budget) kept."""
     records: list[dict[str, Any]] = []
     seen: set[tuple[str, str, str]] = set()
-    lines = data[:end].split(b"\n")
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for lineno, record in read_jsonl(path, repair):
         try:
-            record = json.loads(line)
             key = record_key(record)
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(f"{path}:{lineno}: corrupt prediction record ({exc})") from None
