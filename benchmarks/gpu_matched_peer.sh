@@ -3,7 +3,9 @@
 # (`matched_ratio` in kvpress_quality_peer.py: kvpress keeps exactly B). The committed kvpress rows
 # were made with `1 - B / n`, with which kvpress kept B - 1 tokens in most prompts. Our rows are not
 # re-run: the runs are docs/results/quality/grid_1130/{final,fresh}_{smol,qwen} (SmolLM2-135M RULER
-# 4k, Qwen2.5-Coder-0.5B RULER 8k; seeds 2002 and 7007) and gemma_full_1130/gemma_ruler.
+# 4k, Qwen2.5-Coder-0.5B RULER 8k; seeds 2002 and 7007), gemma_full_1130/gemma_ruler and
+# q15_1130/q15_{ruler,fresh} (Qwen2.5-Coder-1.5B RULER 8k, seeds 2002 and 7007). A set whose prompts
+# or model were not carried is skipped.
 #
 # Priority order: B = 128 (the issue's comparison) with kvpress's best press (PyramidKV, window 8)
 # and its default SnapKV on the four sets, then Gemma at B = 128, then B = 64 and 256 on the four
@@ -12,7 +14,7 @@
 # machine carry on.
 #
 # Prepared here (CPU), carried beforehand, one piece a call (benchmarks/gpu_pieces.sh):
-#   /tmp/pieces/<model>/part*          the GGUF files (SmolLM2 3 pieces, Qwen 9, Gemma 5)
+#   /tmp/pieces/<model>/part*          the GGUF files (SmolLM2 3 pieces, Qwen 9, Gemma 5, Qwen-1.5B 19)
 #   $CARRY/.whl/ours, $CARRY/.whl/kv   gguf; kvpress 0.5.5, transformers 5.2.0, tokenizers 0.22.2,
 #                                      cachetools
 #   $CARRY/prompts/<run>.jsonl.gz      `quality_peer.py prepare --run <committed run>`: the runs'
@@ -22,9 +24,10 @@
 # Results: $OUT/matched_peer.tar.gz; scored here with
 #   python benchmarks/quality_peer.py score --run <committed run> --peer <run>/peer.*.jsonl --out <folder>
 source "$(dirname "$0")/gpu_common.sh"
-GEMMA=gemma-3-270m
-declare -A MODEL=([final_smol]=$SMOL [fresh_smol]=$SMOL [final_qwen]=$QWEN [fresh_qwen]=$QWEN [gemma_ruler]=$GEMMA)
-SETS="final_qwen final_smol fresh_qwen fresh_smol"
+GEMMA=gemma-3-270m Q15=qwen2.5-coder-1.5b
+declare -A MODEL=([final_smol]=$SMOL [fresh_smol]=$SMOL [final_qwen]=$QWEN [fresh_qwen]=$QWEN [gemma_ruler]=$GEMMA
+  [q15_ruler]=$Q15 [q15_fresh]=$Q15)
+SETS="final_qwen final_smol fresh_qwen fresh_smol q15_ruler q15_fresh"
 for run in "${!MODEL[@]}"; do
   mkdir -p "$RUNS/$run"
   if [ ! -f "$RUNS/$run/peer_prompts.jsonl" ] && [ -f "$CARRY/prompts/$run.jsonl.gz" ]; then
