@@ -8,8 +8,8 @@
 # or model were not carried is skipped.
 #
 # Priority order: B = 128 (the comparison) with kvpress's best press (PyramidKV, window 8)
-# and its default SnapKV on the four sets, then Gemma at B = 128, then B = 64 and 256 on the four
-# sets and on Gemma. A step an earlier call finished is skipped, and one it cut short resumes
+# and its default SnapKV on the SmolLM2 and Qwen sets ($SETS), then Gemma at B = 128, then B = 64
+# and 256 on those sets and on Gemma. A step an earlier call finished is skipped, and one it cut short resumes
 # (kvpress_quality_peer.py skips the records its shard file holds), so further calls on the same
 # machine carry on.
 #

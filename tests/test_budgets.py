@@ -28,6 +28,26 @@ def test_bad_budgets(bad):
         parse_budget(bad)
 
 
+@pytest.mark.parametrize(
+    "text,message",
+    [("inf", "finite number"), ("1e999", "finite number"), ("128.0", r"a token count is an integer \(128\)")],
+)
+def test_bad_budget_messages(text, message):
+    with pytest.raises(BudgetError, match=message):
+        parse_budget(text)
+
+
+def test_a_decimal_string_is_a_ratio_and_prints_as_one():
+    # "1.0" keeps every token; read as a count it would keep one
+    for text, ratio in (("1.0", 1.0), ("0.5", 0.5), ("1e-2", 0.01), ("100%", 1.0)):
+        b = parse_budget(text)
+        assert b.tokens is None and b.ratio == pytest.approx(ratio)
+        assert parse_budget(str(b)) == b  # configs and tables store str(budget)
+    assert (
+        str(parse_budget("1.0")) == "1.0" and parse_budget(1.0).ratio == 1.0 and parse_budget(1).tokens == 1
+    )
+
+
 def test_ratio_never_zero():
     assert parse_budget("0.001").tokens_for(10) == 1
     assert parse_budget("10%").tokens_for(1000) == 100

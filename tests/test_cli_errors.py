@@ -79,6 +79,48 @@ NO_CUDA = not torch.cuda.is_available()
         (["eval", "ruler", "--out", "OUT", "--attn", "flash_attention_2"], "is not supported"),
         (["eval", "ruler", "--out", "OUT", "--methods", "windowkv:omega=x"], "windowkv.omega"),
         (["eval", "ruler", "--out", "OUT", "--methods", "pyramidkv:beta=inf"], "not a finite number"),
+        # options a benchmark would ignore, and lists that would make no sample (2026-12-01 probe)
+        (["eval", "niah", "--out", "OUT", "--samples", "5"], "niah has one sample per length x depth"),
+        (["eval", "ruler", "--out", "OUT", "--lengths", ","], "--lengths is empty"),
+        (["eval", "ruler", "--out", "OUT", "--data-dir", "OUT"], "--data-dir applies to longbench"),
+        (
+            ["eval", "ruler", "--out", "OUT", "--max-input-tokens", "0"],
+            "--max-input-tokens applies to longbench",
+        ),
+        (["eval", "ruler", "--out", "OUT", "--depths", "50"], "--depths applies to niah, not ruler"),
+        (
+            ["eval", "niah", "--out", "OUT", "--depths", "50,500"],
+            "percentages of the context (0 to 100), got 500",
+        ),
+        (
+            ["eval", "longbench", "--out", "OUT", "--tasks", "qasper_e", "--data-dir", "OUT"],
+            "is a LongBench-E task",
+        ),
+        (["generate", "CTX", "--budget", "inf"], "budget must be a finite number"),
+        (["generate", "CTX", "--budget", "128.0"], "a token count is an integer (128)"),
+        (["generate", "CTX", "--method", "snapkv:window=8;window=16"], "window is given twice"),
+        (["generate", "-c", "CTXFILE", "-q", "  "], "--question is empty"),
+        (
+            ["generate", "CTX", "--budget", "8"],
+            "dynamickv-auto (its dynamickv-preference branch): the observation",
+        ),
+        (["analyze", "--out", "OUT", "--device", "gpu"], "unknown --device 'gpu'"),
+        (["analyze", "--out", "OUT", "--dtype", "float64"], "unknown dtype 'float64'"),
+        (
+            ["analyze", "--out", "OUT", "-b", "niah", "--max-input-tokens", "0"],
+            "applies to longbench, not niah",
+        ),
+        (["analyze", "--out", "/proc/dynamickv-test/x", "-b", "niah"], "cannot create the output folder"),
+        (["bench", "--lengths", "0"], "--lengths must be positive"),
+        (["bench", "--chunk", "0"], "--chunk must be at least 1"),
+        (
+            ["bench", "--methods", "snapkv", "--budget", "32"],
+            "snapkv: the observation window (32) must be smaller",
+        ),
+        (["bench", "--methods", " , "], "--methods is empty"),
+        (["bench", "--out", "OUT"], "is a folder; give a file name"),
+        (["bench", "--out", "OUT/none/b.json"], "does not exist"),
+        (["bench", "--kvpress-path", "OUT"], "no kvpress package there"),
         *(
             pytest.param(
                 args, "CUDA is not available", marks=pytest.mark.skipif(not NO_CUDA, reason="has CUDA")
@@ -92,13 +134,18 @@ NO_CUDA = not torch.cuda.is_available()
     ],
 )
 def test_usage_errors_before_the_model_loads(capsys, no_model, ctx, tmp_path, args, message):
+    out = tmp_path / "out"
+    if args[0] == "bench" or "--data-dir" in args:
+        out.mkdir()  # an existing folder where bench wants a file, or an (empty) LongBench folder
     expanded = []
     for a in args:
-        expanded += ["-c", ctx, "-q", "x"] if a == "CTX" else [tmp_path / "out" if a == "OUT" else a]
+        a = {"OUT": str(out), "CTXFILE": str(ctx)}.get(a, a.replace("OUT/", f"{out}/"))
+        expanded += ["-c", ctx, "-q", "x"] if a == "CTX" else [a]
     code, _, err = call(capsys, *expanded)
     assert code == 2
     assert message in one_error_line(err)
-    assert not (tmp_path / "out").exists()  # a refused eval leaves no folder behind
+    if args[0] != "bench" and "--data-dir" not in args:
+        assert not out.exists()  # a refused eval leaves no folder behind
 
 
 def test_bare_command_shows_the_commands_and_exits_2(capsys):
@@ -114,6 +161,43 @@ def test_context_file_problems(capsys, no_model, tmp_path):
     (tmp_path / "blank.txt").write_text(" \n")
     code, _, err = call(capsys, "generate", "-c", tmp_path / "blank.txt", "-q", "x")
     assert code == 2 and "empty" in one_error_line(err)
+
+
+def test_limits_of_the_model_are_named_with_the_option_to_change(capsys, tiny_dir, ctx):
+    code, _, err = call(
+        capsys, "generate", "-c", ctx, "-q", "w1", "--model", tiny_dir, "--max-new-tokens", "100000"
+    )
+    assert code == 2 and "lower the answer length (--max-new-tokens)" in one_error_line(err)
+    code, _, err = call(
+        capsys, "demo", "--model", tiny_dir, "--context-tokens", "100000000"
+    )  # no haystack built
+    assert code == 2 and "does not fit" in one_error_line(err) and "use at most" in one_error_line(err)
+
+
+def test_bench_keeps_its_rows_when_the_kvpress_process_fails(capsys, tmp_path):
+    fake = tmp_path / "site" / "kvpress"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('this kvpress is broken')\n")
+    out = tmp_path / "b.json"
+    args = [
+        "bench",
+        "--config",
+        "tiny",
+        "--lengths",
+        "128",
+        "--steps",
+        "2",
+        "--budget",
+        "48",
+        "--methods",
+        "snapkv",
+    ]
+    code, _, err = call(capsys, *args, "--device", "cpu", "--kvpress-path", fake.parent, "--out", out)
+    assert code == 2
+    line = one_error_line(err)
+    assert "the kvpress process failed (exit 1)" in line and "this kvpress is broken" in line
+    assert [r["method"] for r in json.loads(out.read_text())["rows"]] == ["snapkv"]  # ours were written
+    assert "Traceback" in out.with_suffix(".kvpress.log").read_text()  # the whole story is in the log
 
 
 def test_binary_context_is_warned_about(capsys, tiny_dir, tmp_path):

@@ -156,6 +156,37 @@ def test_load_task_empty_file_and_bad_lines(tmp_path):
         load_task("hotpotqa", tmp_path)
 
 
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"input": None}, "'input' must be a string, got NoneType"),
+        ({"input": 7}, "'input' must be a string, got int"),
+        ({"context": ""}, "'context' must be a non-empty string"),
+        ({"context": None}, "'context' must be a non-empty string"),
+        ({"answers": []}, "'answers' is empty"),
+    ],
+)
+def test_load_task_refuses_records_that_cannot_be_scored(tmp_path, fields, message):
+    write_jsonl(tmp_path / "hotpotqa.jsonl", [record(), record(**fields)])
+    with pytest.raises(InputError, match=rf"hotpotqa.jsonl:2: {message}"):
+        load_task("hotpotqa", tmp_path)
+
+
+def test_load_task_accepts_the_official_empty_input_and_a_bom(tmp_path):
+    # the official summarisation tasks (multi_news, gov_report, ...) have input ""; a BOM is not data
+    (tmp_path / "multi_news.jsonl").write_bytes(
+        b"\xef\xbb\xbf" + json.dumps(record(input="")).encode() + b"\n"
+    )
+    assert load_task("multi_news", tmp_path)[0]["input"] == ""
+
+
+def test_load_task_bytes_that_are_not_utf8_are_one_error(tmp_path):
+    good = json.dumps(record()).encode()
+    (tmp_path / "hotpotqa.jsonl").write_bytes(good + b"\n" + good[:20] + b"\xff" + good[20:] + b"\n")
+    with pytest.raises(InputError, match=r"hotpotqa.jsonl:2: not UTF-8 text"):
+        load_task("hotpotqa", tmp_path)
+
+
 def test_load_task_from_hub_without_datasets(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError, no network
     with pytest.raises(InputError, match="datasets"):

@@ -35,7 +35,7 @@ import torch
 
 from .bench_configs import CONFIGS  # re-exported: benchmarks/ import it from here
 from .devices import allocated, peak_gib, placement, release, resolve, sync
-from .errors import DynamicKVError
+from .errors import DynamicKVError, InputError
 
 
 def build_model(name: str, device: str | list[torch.device], dtype: torch.dtype) -> torch.nn.Module:
@@ -298,14 +298,18 @@ def run_bench(
                     r["decode_eager_x_floor"] = r["decode_eager_ms"] / r["floor_ms"]
                 rows.append(r)
                 print(line, flush=True)
-        if proc.returncode:
-            print(proc.stderr[-3000:], file=sys.stderr)
+        peer_failed = proc.returncode != 0
     meta = environment(config, budget, devices[0], None, bw, weights)
     meta.update(device_option=device, devices=[str(d) for d in devices])
     result = {"meta": meta, "rows": rows}
     if out:
         Path(out).write_text(json.dumps(result, indent=1, allow_nan=False))
     print_table(result)
+    if kvpress_path and peer_failed:  # our rows are kept; the peer's failure is one line, its log a file
+        log = Path(out or "bench.json").with_suffix(".kvpress.log")
+        log.write_text(proc.stderr)
+        last = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "no output")
+        raise InputError(f"the kvpress process failed (exit {proc.returncode}): {last.strip()} (log: {log})")
     return result
 
 

@@ -53,7 +53,7 @@ def register(app) -> None:
         from .decode_step import check_attention
         from .devices import resolve
         from .errors import InputError
-        from .options import check_device
+        from .options import check_device, check_kvpress_path, check_output_file, check_positive
 
         if device is None:  # one GPU: spreading a model that fits one costs decode speed (no CUDA graph)
             import torch
@@ -65,12 +65,11 @@ def register(app) -> None:
             raise InputError(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
         # one line for a bad mode, or a kernel that cannot run on the device, before the model is built
         check_attention(parse_mode(mode)[1], str(devices[0]))
-        if steps < 1:
-            raise InputError(f"--steps must be at least 1, got {steps}")
-        if budget < 1:
-            raise InputError(f"--budget must be at least 1, got {budget}")
+        for value, option in ((steps, "--steps"), (budget, "--budget"), (chunk, "--chunk")):
+            check_positive(value, option)
         if batch < 1 or distinct < 1:
             raise InputError("--batch and --distinct must be at least 1")
+        check_output_file(out, "--out")  # before the benchmark runs: its results must have somewhere to go
         if kvpress_path and len(devices) > 1:
             raise InputError(
                 f"kvpress rows run on one GPU, and --device {device} spreads the layers over {len(devices)}: "
@@ -81,17 +80,24 @@ def register(app) -> None:
                 "kvpress rows are batch 1 (its pipeline compresses one context per call): "
                 "drop --kvpress-path, or --batch/--max-batch"
             )
+        if kvpress_path:
+            check_kvpress_path(kvpress_path)
         try:
             length_list = [int(x) for x in lengths.split(",")]
         except ValueError:
             raise InputError(f"--lengths must be comma-separated integers, got {lengths!r}") from None
-        method_list = [m for m in methods.split(",") if m]
+        if any(n < 1 for n in length_list):
+            raise InputError(f"--lengths must be positive, got {lengths!r}")
+        method_list = [m.strip() for m in methods.split(",") if m.strip()]
+        if not method_list:
+            raise InputError("--methods is empty")
+        from .methods import get_method
+
+        for m in method_list:
+            get_method(m).validate(budget, num_layers=10**6)  # a bad name or budget fails before the build
         if batch > 1 or max_batch:
             from .bench_batch import serving_bench
-            from .methods import get_method
 
-            for m in method_list:
-                get_method(m)  # unknown names fail before the model is built
             serving_bench(
                 config,
                 method_list,

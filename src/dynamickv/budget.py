@@ -38,13 +38,17 @@ class Budget:
         return max(1, math.ceil(self.ratio * prompt_len))
 
     def __str__(self) -> str:
-        return str(self.tokens) if self.tokens is not None else f"{self.ratio:g}"
+        if self.tokens is not None:
+            return str(self.tokens)
+        text = f"{self.ratio:g}"
+        return text if "." in text or "e" in text else f"{text}.0"  # "1.0", never "1" (one token)
 
 
 def parse_budget(value: Budget | int | float | str) -> Budget:
     """Parse ``128``, ``"128"``, ``0.1``, ``"0.1"`` or ``"10%"`` into a :class:`Budget`.
 
-    Integers (and integral strings) are token counts; numbers below 1 and percentages are ratios.
+    Integers (and integer strings) are token counts; numbers below 1, strings written as decimals
+    (``"0.1"``, ``"1.0"``: a ratio of 1 keeps every token) and percentages are ratios.
     """
     if isinstance(value, Budget):
         return value
@@ -53,7 +57,7 @@ def parse_budget(value: Budget | int | float | str) -> Budget:
     if isinstance(value, int):
         return Budget(tokens=value)
     if isinstance(value, float):
-        if value.is_integer() and value >= 1:
+        if value.is_integer() and value > 1:  # 1.0 is the ratio that keeps every token, not one token
             return Budget(tokens=int(value))
         return Budget(ratio=value)
     text = str(value).strip()
@@ -63,11 +67,21 @@ def parse_budget(value: Budget | int | float | str) -> Budget:
         raise BudgetError(
             f"cannot parse budget {value!r}: use a token count (128) or a ratio (0.1 or 10%)"
         ) from None
-    if not math.isfinite(number) or number <= 0:
+    if not math.isfinite(number):
+        raise BudgetError(f"budget must be a finite number, got {value!r}")
+    if number <= 0:
         raise BudgetError(f"budget must be > 0, got {value!r}")
     if text.endswith("%"):
         return Budget(ratio=number)
-    return parse_budget(number)
+    try:
+        return Budget(tokens=int(text))
+    except ValueError:  # written as a decimal ("0.1", "1.0", "1e-2"): a ratio of the prompt
+        if number > 1:
+            raise BudgetError(
+                f"budget {value!r}: a ratio is at most 1 (1.0 keeps every token); a token count is an "
+                f"integer ({int(number)})"
+            ) from None
+        return Budget(ratio=number)
 
 
 def largest_remainder(shares: torch.Tensor, total: int) -> torch.Tensor:

@@ -46,7 +46,9 @@ def _dtype(name: str):
     import torch
 
     try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            name.strip().lower()
+        ]
     except KeyError:
         raise InputError(f"unknown dtype {name!r}: use float32, bfloat16 or float16") from None
 
@@ -104,6 +106,8 @@ def generate(
     else:
         get_method(method)
     check_positive(max_new_tokens, "--max-new-tokens")
+    if not question.strip():
+        raise InputError("--question is empty: give the question to answer about the context")
     attn, device, truncate = check_attention(attn), check_device(device), check_truncate(truncate)
     torch_dtype = _dtype(dtype)
     context = read_context(context_file)
@@ -133,11 +137,12 @@ def generate(
 
 
 @app.command(
-    short_help="The main job: a needle in a ~2k-token haystack, every method at B, the recommended one first."
+    short_help="The main job: a needle in a ~2k-token haystack, every method at B "
+    "(the uncompressed reference, then the recommended one)."
 )
 def demo(
     model: ModelOpt = "smollm2-135m",
-    budget: Annotated[str, typer.Option(help="tokens per layer")] = "128",
+    budget: Annotated[str, typer.Option(help="tokens per layer (128) or a ratio (0.1, 10%)")] = "128",
     context_tokens: Annotated[int, typer.Option(help="approximate haystack length")] = 2000,
     methods_: Annotated[str, typer.Option("--methods", help="comma-separated")] = (
         "fullkv,dynamickv-auto,snapkv-decay,dynamickv-preference,snapkv-forward,dynamickv-robust,streamingllm,h2o,"
@@ -166,7 +171,15 @@ def demo(
 
     # piped or redirected output gets a width that keeps each answer on one line
     console = Console(width=None if sys.stdout.isatty() else 150)
+    from .limits import context_length
+
     mdl, tok = load_model(model)
+    limit = context_length(mdl)
+    if limit is not None and context_tokens + _DEMO_ROOM > limit:  # before building a haystack
+        raise InputError(
+            f"--context-tokens {context_tokens} does not fit {model}'s {limit} positions with the question "
+            f"and the answer: use at most {limit - _DEMO_ROOM}"
+        )
     context, question, needle_answer = needle_prompt(tok, context_tokens)
     table = Table(
         title=f"needle at 50% of ~{context_tokens} tokens, {model}, B={budget}",
@@ -190,6 +203,10 @@ def demo(
             f"{r['prefill_seconds']:.2f}",
         )
     console.print(table)
+
+
+#: Positions ``demo`` keeps free beside its haystack: the chat template, the question and a 24-token answer.
+_DEMO_ROOM = 256
 
 
 def _register_optional() -> None:

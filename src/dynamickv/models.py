@@ -29,6 +29,7 @@ import importlib
 import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -376,7 +377,8 @@ def load_model(
 
     try:  # what the file checks cannot see (an architecture transformers lacks, bad tensors, ...)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        with _quiet_progress(not progress):
+        # transformers' loading bar only on a terminal: in a log or a pipe it is noise before the result
+        with _quiet_progress(not progress or not sys.stderr.isatty()):
             model = AutoModelForCausalLM.from_pretrained(
                 model_dir,
                 dtype=dtype,

@@ -7,6 +7,7 @@ Every check raises :class:`~dynamickv.errors.InputError` (the CLI prints ``error
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import BinaryIO
@@ -63,6 +64,36 @@ def check_positive(value: int | None, option: str) -> int | None:
     if value is not None and value < 1:
         raise InputError(f"{option} must be at least 1, got {value}")
     return value
+
+
+def check_output_file(path: Path, option: str) -> Path:
+    """A file the command will write at the end: refused now if it is a folder or its folder is
+    missing or read-only, so that a long run does not end in a traceback with its results lost."""
+    if path.is_dir():
+        raise InputError(f"{option} {path} is a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputError(f"{option} {path}: the folder {folder} does not exist")
+    existed = path.exists()
+    try:  # a real write probe: permissions alone do not tell (root, /proc, a read-only mount)
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        raise InputError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+    if not existed:
+        path.unlink()
+    return path
+
+
+def check_kvpress_path(path: str) -> str:
+    """``--kvpress-path``: a ``PYTHONPATH`` (``os.pathsep``-separated) in which ``kvpress`` is found."""
+    entries = [Path(p).expanduser() for p in path.split(os.pathsep) if p]
+    if not any((p / "kvpress" / "__init__.py").is_file() for p in entries):
+        raise InputError(
+            f"--kvpress-path {path}: no kvpress package there (a folder holding kvpress/, "
+            "e.g. from `pip install --target DIR kvpress==0.5.5`)"
+        )
+    return path
 
 
 def check_truncate(value: str | None) -> str | None:

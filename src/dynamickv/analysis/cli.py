@@ -7,6 +7,7 @@ the model is loaded; heavy imports happen inside the command.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -89,8 +90,18 @@ def analyze_command(
     if samples is not None and samples <= 0:
         raise InputError(f"--samples must be positive, got {samples}")
     task_list = ecli._tasks(benchmark, ecli._csv(tasks))
-    length_list = ecli._ints(lengths or ecli.DEFAULT_LENGTHS.get(benchmark, ""), "lengths")
-    depth_list = ecli._floats(depths, "depths")
+    length_list = ecli._lengths(lengths, ecli.DEFAULT_LENGTHS.get(benchmark))
+    depth_list = ecli._depths(depths)
+    if benchmark == "longbench" and lengths is not None:
+        raise InputError("--lengths applies to ruler and niah; LongBench prompts are truncated to the model")
+    if max_input_tokens is not None and benchmark != "longbench":
+        raise InputError(f"--max-input-tokens applies to longbench, not {benchmark}")
+    if max_input_tokens is not None and max_input_tokens < 2:
+        raise InputError(f"--max-input-tokens must be at least 2, got {max_input_tokens}")
+    from dynamickv.cli import _dtype
+    from dynamickv.options import check_device
+
+    torch_dtype, device = _dtype(dtype), check_device(device)
     records_by_task = None
     if benchmark == "longbench":
         from dynamickv.eval import longbench
@@ -98,8 +109,7 @@ def analyze_command(
         if data_dir is None:
             raise InputError("longbench needs --data-dir (a folder with <task>.jsonl files)")
         records_by_task = {t: longbench.load_task(t, data_dir) for t in task_list}
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
+    _make_out(out)
     from dynamickv.methods import get_method
 
     get_method(method)  # a bad spec fails here, before the model loads
@@ -108,9 +118,7 @@ def analyze_command(
     from . import retention
 
     t0 = time.perf_counter()
-    from dynamickv.cli import _dtype
-
-    mdl, tok = load_model(model, progress=False, dtype=_dtype(dtype), device=device)
+    mdl, tok = load_model(model, progress=False, dtype=torch_dtype, device=device)
     num_layers = mdl.config.num_hidden_layers
     get_method(method).validate(parsed.tokens or 1 << 30, num_layers)
     built, skipped = [], {}
@@ -209,6 +217,18 @@ def analyze_command(
             f"task dependence by {by}: F={td[by]['f']} p={td[by]['p_value']} groups={td[by]['groups']}"
         )
     typer.echo(f"wrote {out} ({len(records)} samples, {summary['seconds']} s)")
+
+
+def _make_out(out: Path) -> None:
+    """Create the output folder now: a path that cannot hold results fails before the model loads."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK):
+        raise InputError(f"cannot write to the output folder {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -49,6 +49,25 @@ def _floats(text: str | None, what: str) -> list[float]:
     return out
 
 
+def _depths(text: str | None, what: str = "--depths") -> list[float]:
+    """Needle depths in percent (0-100), each once: ``50`` and ``50.0`` would make the same sample twice."""
+    out = list(dict.fromkeys(_floats(text, what)))
+    bad = [d for d in out if not 0 <= d <= 100]
+    if bad:
+        raise InputError(f"{what} are percentages of the context (0 to 100), got {bad[0]:g}")
+    if text is not None and not out:
+        raise InputError(f"{what} is empty")
+    return out
+
+
+def _lengths(text: str | None, default: str | None, what: str = "--lengths") -> list[int]:
+    """Sequence lengths (``4096`` or ``4k``), each once; a given but empty list is an error, not 0 samples."""
+    out = list(dict.fromkeys(_ints(text or default, what)))
+    if text is not None and not out:
+        raise InputError(f"{what} is empty")
+    return out
+
+
 def _tasks(benchmark: str, tasks: list[str]) -> list[str]:
     """The tasks to run (validated); defaults: all RULER tasks, the 16 English LongBench tasks, the
     LongBench-E tasks."""
@@ -58,7 +77,7 @@ def _tasks(benchmark: str, tasks: list[str]) -> list[str]:
         unknown = [t for t in tasks if t not in RULER_TASKS]
         if unknown:
             raise InputError(f"unknown RULER task(s) {', '.join(unknown)}; valid: {', '.join(RULER_TASKS)}")
-        return tasks or list(RULER_TASKS)
+        return list(dict.fromkeys(tasks)) or list(RULER_TASKS)
     if benchmark == "niah":
         if any(t != "niah" for t in tasks):
             raise InputError("niah has a single task (niah): choose its cells with --lengths and --depths")
@@ -68,9 +87,44 @@ def _tasks(benchmark: str, tasks: list[str]) -> list[str]:
     e = benchmark == "longbench-e"
     out = []
     for t in tasks:
-        name, _ = longbench._resolve_task(t, e)  # raises InputError naming the valid tasks
+        name, as_e = longbench._resolve_task(t, e)  # raises InputError naming the valid tasks
+        if as_e and not e:  # 'qasper_e' under plain longbench would read qasper.jsonl
+            raise InputError(f"{t} is a LongBench-E task: `eval longbench-e --tasks {name}` runs it")
         out.append(name)
-    return out or list(longbench.TASKS_E if e else longbench.TASKS_EN)
+    return list(dict.fromkeys(out)) or list(longbench.TASKS_E if e else longbench.TASKS_EN)
+
+
+#: ``eval niah``'s default needle depths (percent).
+NIAH_DEPTHS = "0,25,50,75,100"
+
+
+def _check_options_apply(
+    benchmark: str,
+    lengths: str | None,
+    samples: int | None,
+    data_dir: Path | None,
+    depths: str | None,
+    max_input_tokens: int | None,
+) -> None:
+    """Refuse an option the benchmark would ignore: a silently ignored option is a silently wrong run."""
+    longbench = benchmark in ("longbench", "longbench-e")
+    if longbench:
+        if lengths is not None:
+            raise InputError(
+                "--lengths applies to ruler and niah; LongBench prompts are truncated to the model"
+            )
+        if data_dir is None:
+            raise InputError("LongBench needs --data-dir: the folder holding the <task>.jsonl files")
+    else:
+        for given, option in ((data_dir, "--data-dir"), (max_input_tokens, "--max-input-tokens")):
+            if given is not None:
+                raise InputError(f"{option} applies to longbench and longbench-e, not {benchmark}")
+    if depths is not None and benchmark != "niah":
+        raise InputError(f"--depths applies to niah, not {benchmark}")
+    if samples is not None and benchmark == "niah":
+        raise InputError("niah has one sample per length x depth: choose them with --lengths and --depths")
+    if max_input_tokens is not None and max_input_tokens < 2:
+        raise InputError(f"--max-input-tokens must be at least 2, got {max_input_tokens}")
 
 
 def _longbench_limit(model_name: str, model: Any, tokenizer: Any) -> int:
@@ -144,7 +198,9 @@ def eval_command(
         int | None, typer.Option(help="samples per task (ruler: 20 per task and length; longbench: all)")
     ] = None,
     data_dir: Annotated[Path | None, typer.Option(help="LongBench data folder (<task>.jsonl files)")] = None,
-    depths: Annotated[str, typer.Option(help="niah needle depths in percent")] = "0,25,50,75,100",
+    depths: Annotated[
+        str | None, typer.Option(help="niah needle depths in percent (default 0,25,50,75,100)")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     windowkv_mode: Annotated[
         str, typer.Option(help="auto: WindowKV decides; category: localization for qa, else aggregation")
@@ -196,15 +252,9 @@ def eval_command(
     task_list = _tasks(benchmark, _csv(tasks))
     if samples is not None and samples <= 0:
         raise InputError(f"--samples must be positive, got {samples}")
-    length_list = _ints(lengths or DEFAULT_LENGTHS.get(benchmark), "--lengths")
-    depth_list = _floats(depths, "--depths") if benchmark == "niah" else []
-    if benchmark in ("longbench", "longbench-e"):
-        if lengths:
-            raise InputError(
-                "--lengths applies to ruler and niah; LongBench prompts are truncated to the model"
-            )
-        if data_dir is None:
-            raise InputError("LongBench needs --data-dir: the folder holding the <task>.jsonl files")
+    length_list = _lengths(lengths, DEFAULT_LENGTHS.get(benchmark))
+    depth_list = _depths(depths if depths is not None else NIAH_DEPTHS) if benchmark == "niah" else []
+    _check_options_apply(benchmark, lengths, samples, data_dir, depths, max_input_tokens)
     if windowkv_mode not in ("auto", "category"):
         raise InputError(f"--windowkv-mode must be auto or category, got {windowkv_mode!r}")
     from dynamickv.eval.prompts import check_protocol

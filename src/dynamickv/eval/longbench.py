@@ -130,8 +130,14 @@ def load_task(task: str, data_dir: str | Path, *, e: bool = False) -> list[dict[
         raise InputError(f"LongBench file {path} not found. {_DOWNLOAD_HINT}")
 
     records: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a BOM is not data
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{path}:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -155,6 +161,13 @@ def _check_record(record: Any, where: str) -> dict[str, Any]:
         answers = [answers]
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
         raise InputError(f"{where}: 'answers' must be a list of strings")
+    if not answers:
+        raise InputError(f"{where}: 'answers' is empty: a record without a reference cannot be scored")
+    # the official summarisation and code tasks have an empty 'input'; no task has an empty context
+    if not isinstance(record["input"], str):
+        raise InputError(f"{where}: 'input' must be a string, got {type(record['input']).__name__}")
+    if not isinstance(record["context"], str) or not record["context"].strip():
+        raise InputError(f"{where}: 'context' must be a non-empty string")
     record = dict(record)
     record["answers"] = answers
     for key in ("length", "dataset", "language", "all_classes", "_id"):

@@ -98,6 +98,8 @@ def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
         pname, eq, value = (x.strip() for x in item.partition("="))
         if not eq or not pname or not value:
             raise BudgetError(f"method spec {spec!r}: expected name=value, got {item!r}")
+        if pname in params:
+            raise BudgetError(f"method spec {spec!r}: {pname} is given twice")
         params[pname] = _check_param(cls, hints, pname, value)
     _build(cls, params)  # the method's own validation of the values
     return cls.name, params

@@ -103,8 +103,12 @@ class AutoDynamicKV(Method):
         return max(self._adaptive.observation_queries, self._uniform.observation_queries)
 
     def validate(self, budget: int, num_layers: int) -> None:
-        self._adaptive.validate(budget, num_layers)
-        self._uniform.validate(budget, num_layers)
+        for branch in (self._adaptive, self._uniform):
+            try:
+                branch.validate(budget, num_layers)
+            except BudgetError as exc:  # name the method the user chose, then the branch that refused
+                why = str(exc).removeprefix(f"{branch.name}: ")
+                raise BudgetError(f"{self.name} (its {branch.name} branch): {why}") from None
 
     def begin(self, info: PrefillInfo) -> None:
         self._info = info
