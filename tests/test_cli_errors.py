@@ -113,6 +113,7 @@ NO_CUDA = not torch.cuda.is_available()
         (["analyze", "--out", "/proc/dynamickv-test/x", "-b", "niah"], "cannot create the output folder"),
         (["bench", "--lengths", "0"], "--lengths must be positive"),
         (["bench", "--chunk", "0"], "--chunk must be at least 1"),
+        (["bench", "--batch", "2", "--distinct", "5"], "--distinct 5 is more than --batch 2"),
         (
             ["bench", "--methods", "snapkv", "--budget", "32"],
             "snapkv: the observation window (32) must be smaller",

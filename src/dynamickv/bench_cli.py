@@ -69,6 +69,8 @@ def register(app) -> None:
             check_positive(value, option)
         if batch < 1 or distinct < 1:
             raise InputError("--batch and --distinct must be at least 1")
+        if batch > 1 and distinct > batch:  # each row holds one request: the rest would be dropped unsaid
+            raise InputError(f"--distinct {distinct} is more than --batch {batch}: give at most {batch}")
         check_output_file(out, "--out")  # before the benchmark runs: its results must have somewhere to go
         if kvpress_path and len(devices) > 1:
             raise InputError(
