@@ -22,7 +22,7 @@ def test_parse_budget(text, tokens, ratio):
     assert b.tokens == tokens and b.ratio == pytest.approx(ratio) if ratio else b.tokens == tokens
 
 
-@pytest.mark.parametrize("bad", ["0", "-5", "abc", "", "150%", 1.5, "nan", True, 0])
+@pytest.mark.parametrize("bad", ["0", "-5", "abc", "", "150%", 1.5, "nan", True, 0, "64_0"])
 def test_bad_budgets(bad):
     with pytest.raises(BudgetError):
         parse_budget(bad)
@@ -46,6 +46,13 @@ def test_a_decimal_string_is_a_ratio_and_prints_as_one():
     assert (
         str(parse_budget("1.0")) == "1.0" and parse_budget(1.0).ratio == 1.0 and parse_budget(1).tokens == 1
     )
+
+
+@pytest.mark.parametrize("name", ["snapkv", "h2o", "snapkv-decay", "dynamickv", "pyramidkv", "cake", "adakv"])
+def test_scoring_methods_need_an_observation_window(name):
+    # window=0 left nothing to score with: the prompt's end was dropped, or whole layers kept 0 tokens
+    with pytest.raises(BudgetError, match="window must be at least 1"):
+        get_method(f"{name}:window=0")
 
 
 def test_ratio_never_zero():

@@ -70,3 +70,17 @@ def test_empty_inputs_rejected():
     ctx = pipe.prefill(ids(100, 1))
     with pytest.raises(InputError):
         pipe.answer(ctx, torch.zeros(1, 0, dtype=torch.long))
+
+
+def test_contexts_it_cannot_answer_are_refused_not_stale():
+    # a 1-token context is a decode step to the model: nothing is compressed, and the stats of the
+    # previous context would be returned; a batch of two would fail only in answer()
+    pipe = Pipeline(tiny_model("llama"), Tok(), "snapkv", 64)
+    pipe.prefill(ids(100, 1))
+    for bad, message in (
+        (ids(1, 2), "at least 2 are needed"),
+        (torch.cat([ids(60, 3), ids(60, 4)]), r"one context.*\[2, 60\]"),
+        (ids(60, 5)[None], r"one context.*\[1, 1, 60\]"),
+    ):
+        with pytest.raises(InputError, match=message):
+            pipe.prefill(bad)

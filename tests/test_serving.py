@@ -382,3 +382,24 @@ def test_splitkv_needs_triton_on_a_gpu(monkeypatch):
         InputError, match=r"decode attention 'splitkv' cannot run here: .*; use sdpa or matmul"
     ):
         BatchDecoder(model, rows=1, max_new_tokens=2, mode="fused", attention="splitkv")
+
+
+@pytest.mark.parametrize(
+    "prompts,options,message",
+    [
+        ([], {}, "no prompts to serve"),
+        (
+            [torch.randint(3, 200, (2, 40))],
+            {},
+            "prompt 0 must be a 1-D tensor of token ids, got a 2-D tensor",
+        ),
+        ([[5, 6, 7]], {}, "prompt 0 must be a 1-D tensor of token ids, got list"),
+        ([torch.tensor([5])], {}, "prompt 0 has 1 token"),
+        ([torch.randint(3, 200, (40,))], {"sync_every": 0}, "sync_every and chunk must be at least 1"),
+        ([torch.randint(3, 200, (40,))], {"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
+    ],
+)
+def test_serve_refuses_prompts_and_options_it_would_get_wrong(prompts, options, message):
+    # a [2, n] tensor was joined into one prompt, and sync_every=0 decoded nothing, forever
+    with pytest.raises(InputError, match=message):
+        serve(tiny_model("llama"), prompts, "snapkv-decay", 32, rows=2, **options)

@@ -61,6 +61,8 @@ def parse_budget(value: Budget | int | float | str) -> Budget:
             return Budget(tokens=int(value))
         return Budget(ratio=value)
     text = str(value).strip()
+    if "_" in text:  # float("64_0") is 640: a typo should not become a budget
+        raise BudgetError(f"cannot parse budget {value!r}: use a token count (128) or a ratio (0.1 or 10%)")
     try:
         number = float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
     except ValueError:

@@ -97,8 +97,14 @@ class Pipeline:
         ids = context if isinstance(context, torch.Tensor) else self._ids(context)
         if ids.dim() == 1:
             ids = ids.unsqueeze(0)
+        if ids.dim() != 2 or ids.shape[0] != 1:
+            raise InputError(
+                f"Pipeline takes one context: token ids of shape [n] or [1, n], got {list(ids.shape)}"
+            )
         if ids.shape[-1] == 0:
             raise InputError("the context is empty")
+        if ids.shape[-1] < 2:  # one token is a decode step to the model: nothing would be compressed
+            raise InputError("the context has 1 token; at least 2 are needed to compress it")
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()

@@ -44,9 +44,14 @@ def serve(
     from .compressor import Compressor
     from .fast import chunked_prefill  # fast builds on batch_decoder: imported when called
 
+    _check_prompts(prompts)
+    if sync_every < 1 or chunk < 1:  # sync_every=0 would decode nothing, forever
+        raise InputError(f"sync_every and chunk must be at least 1, got {sync_every} and {chunk}")
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(limits) != len(prompts):
         raise InputError(f"{len(limits)} max_new_tokens for {len(prompts)} prompts")
+    if any(not isinstance(n, int) or n < 1 for n in limits):
+        raise InputError(f"max_new_tokens must be at least 1 per prompt, got {limits}")
     decoder = BatchDecoder(model, rows, max(limits), eos_token_id=eos_token_id, **(decoder_options or {}))
     compressor = Compressor(model, method, budget, **params)
     pending = deque(enumerate(prompts))
@@ -64,3 +69,15 @@ def serve(
         if owner:
             decoder.decode(sync_every)
     return results  # type: ignore[return-value]
+
+
+def _check_prompts(prompts: Sequence[torch.Tensor]) -> None:
+    """Each prompt one row of at least 2 token ids: a ``[2, n]`` tensor would be joined into one prompt."""
+    if not prompts:
+        raise InputError("no prompts to serve")
+    for i, ids in enumerate(prompts):
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype.is_floating_point:
+            what = f"a {ids.dim()}-D tensor" if isinstance(ids, torch.Tensor) else type(ids).__name__
+            raise InputError(f"prompt {i} must be a 1-D tensor of token ids, got {what}")
+        if ids.numel() < 2:
+            raise InputError(f"prompt {i} has {ids.numel()} token(s); at least 2 are needed to compress it")

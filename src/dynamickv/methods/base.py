@@ -106,6 +106,8 @@ class Method:
                 raise BudgetError(f"{self.name}: {f.name} must be >= 0, got {v}")
             if isinstance(v, float) and not math.isfinite(v):  # NaN passes every comparison
                 raise BudgetError(f"{self.name}: {f.name} must be a finite number, got {v}")
+        if type(self).observation_queries is Method.observation_queries and self.window < 1:
+            raise BudgetError(f"{self.name}: window must be at least 1: its queries score the other tokens")
         self._info: PrefillInfo | None = None
         self._budgets: list[int] = []
         self._row_budgets: list[list[int]] | None = None
