@@ -37,7 +37,7 @@ def _held() -> tuple[int, int]:
 
 @cuda
 def test_fusing_weights_leaves_nothing_reserved_that_cannot_be_handed_back():
-    """Each layer's freed gate weight (64 MiB here, 470 MiB on the 70B shape) is larger than the next
+    """Each layer's freed gate weight (64 MiB here, 448 MiB on the 70B shape) is larger than the next
     layer's new q/k/v buffer (48 MiB): carved out of it, the rest of the block stays reserved for good.
 
     On an H200 (2026-12-01) this model kept 130 MiB reserved that way without the fix and 18 MiB with

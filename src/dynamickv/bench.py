@@ -272,6 +272,7 @@ def run_bench(
             print(json.dumps(row), flush=True)
     del model
     release(devices)
+    proc = None  # the kvpress process, when there is one
     if kvpress_path:
         peer = Path(__file__).resolve().parents[2] / "benchmarks" / "kvpress_peer.py"
         cmd = [
@@ -298,14 +299,15 @@ def run_bench(
                     r["decode_eager_x_floor"] = r["decode_eager_ms"] / r["floor_ms"]
                 rows.append(r)
                 print(line, flush=True)
-        peer_failed = proc.returncode != 0
     meta = environment(config, budget, devices[0], None, bw, weights)
     meta.update(device_option=device, devices=[str(d) for d in devices])
     result = {"meta": meta, "rows": rows}
     if out:
         Path(out).write_text(json.dumps(result, indent=1, allow_nan=False))
     print_table(result)
-    if kvpress_path and peer_failed:  # our rows are kept; the peer's failure is one line, its log a file
+    if (
+        proc is not None and proc.returncode
+    ):  # our rows are kept; the peer's failure is one line, its log a file
         log = Path(out or "bench.json").with_suffix(".kvpress.log")
         log.write_text(proc.stderr)
         last = next((line for line in reversed(proc.stderr.splitlines()) if line.strip()), "no output")

@@ -32,6 +32,17 @@ def check_prompt_length(model: Any, prompt_tokens: int, max_new_tokens: int, hin
         )
 
 
+def check_answer_fits(model: Any, max_new_tokens: int) -> None:
+    """Raise :class:`InputError` if the answer alone fills the model's positions: no cut of the context
+    can make room then, so the error names the answer length instead."""
+    limit = context_length(model)
+    if limit is not None and max_new_tokens >= limit:
+        raise InputError(
+            f"an answer of up to {max_new_tokens} tokens does not fit the model's {limit} positions: "
+            "lower the answer length (--max-new-tokens)"
+        )
+
+
 def overflow(model: Any, prompt_tokens: int, max_new_tokens: int) -> int:
     """How many tokens the prompt must lose to fit (0 when it fits or the limit is unknown)."""
     limit = context_length(model)

@@ -74,15 +74,34 @@ def check_output_file(path: Path, option: str) -> Path:
     folder = path.parent
     if not folder.is_dir():
         raise InputError(f"{option} {path}: the folder {folder} does not exist")
+    _probe_write(path, option)
+    return path
+
+
+def check_output_folder(path: Path, option: str) -> Path:
+    """A folder the command will fill: created now, and written to once, so that a path that cannot
+    hold the results fails before the model loads."""
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{option} {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {path}: {exc.strerror or exc}") from None
+    _probe_write(path / ".dynamickv-write-probe", option)
+    return path
+
+
+def _probe_write(path: Path, option: str) -> None:
+    """Open ``path`` for appending (removing it again if it was not there). Why a real write:
+    permissions alone do not tell (root, /proc, a read-only mount)."""
     existed = path.exists()
-    try:  # a real write probe: permissions alone do not tell (root, /proc, a read-only mount)
+    try:
         with path.open("a"):
             pass
     except OSError as exc:
         raise InputError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
     if not existed:
         path.unlink()
-    return path
 
 
 def check_kvpress_path(path: str) -> str:

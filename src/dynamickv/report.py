@@ -8,8 +8,7 @@ from typing import Any
 import torch
 
 from .cache import cache_bytes, full_cache_bytes, kept_tokens_per_layer, kept_tokens_per_layer_head
-from .errors import InputError
-from .limits import check_prompt_length, context_length, overflow, truncate_context_middle
+from .limits import check_answer_fits, check_prompt_length, overflow, truncate_context_middle
 from .pipeline import Pipeline, split_chat_prompt
 
 _FILLER = (
@@ -59,12 +58,7 @@ def answer_report(
     A prompt that does not fit the model's positions (with ``max_new_tokens``) is refused before the
     prefill, or with ``truncate="middle"`` its context is cut in the middle until it fits.
     """
-    limit = context_length(model)
-    if limit is not None and max_new_tokens >= limit:  # no context could make room: say what to change
-        raise InputError(
-            f"an answer of up to {max_new_tokens} tokens does not fit the model's {limit} positions: "
-            "lower the answer length (--max-new-tokens)"
-        )
+    check_answer_fits(model, max_new_tokens)
     head_ids, tail_ids = _prompt_ids(model, tokenizer, context, question)
     original = head_ids.shape[-1] + tail_ids.shape[-1]
     for _ in range(4):  # re-tokenizing a cut text can shift a few tokens: cut again if needed

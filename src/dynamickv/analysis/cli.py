@@ -7,7 +7,6 @@ the model is loaded; heavy imports happen inside the command.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -99,7 +98,7 @@ def analyze_command(
     if max_input_tokens is not None and max_input_tokens < 2:
         raise InputError(f"--max-input-tokens must be at least 2, got {max_input_tokens}")
     from dynamickv.cli import _dtype
-    from dynamickv.options import check_device
+    from dynamickv.options import check_device, check_output_folder
 
     torch_dtype, device = _dtype(dtype), check_device(device)
     records_by_task = None
@@ -109,7 +108,7 @@ def analyze_command(
         if data_dir is None:
             raise InputError("longbench needs --data-dir (a folder with <task>.jsonl files)")
         records_by_task = {t: longbench.load_task(t, data_dir) for t in task_list}
-    _make_out(out)
+    check_output_folder(out, "--out")
     from dynamickv.methods import get_method
 
     get_method(method)  # a bad spec fails here, before the model loads
@@ -217,18 +216,6 @@ def analyze_command(
             f"task dependence by {by}: F={td[by]['f']} p={td[by]['p_value']} groups={td[by]['groups']}"
         )
     typer.echo(f"wrote {out} ({len(records)} samples, {summary['seconds']} s)")
-
-
-def _make_out(out: Path) -> None:
-    """Create the output folder now: a path that cannot hold results fails before the model loads."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
-    if not os.access(out, os.W_OK):
-        raise InputError(f"cannot write to the output folder {out}")
 
 
 def register(app: typer.Typer) -> None:
