@@ -9,7 +9,12 @@
 #   2. agreement: the fast decode steps against the plain one on the real model
 #      (benchmarks/decode_agreement.py, as docs/benchmarks.md's h200_agreement rows);
 #   3. bench_mistral: the static decoder on a random-weight Mistral-7B-v0.1 shape, whose every layer
-#      slides over 4096 tokens, past the window (prefill, memory, decode latency).
+#      slides over 4096 tokens, past the window (prefill, memory, decode latency);
+#   4. tests: the tests that need a GPU (CUDA graphs, GPU memory, devices), on this GPU.
+#
+# Another transformers release: put its wheel in $CARRY/.whl/ours (it is installed into /tmp/site,
+# ahead of the machine's own), and the same steps re-check that release against the committed runs
+# (2026-12-01: transformers 5.24.0 against the 5.17.0 runs of docs/results/quality/recheck_1130).
 #
 # Carried beforehand (benchmarks/gpu_pieces.sh describes the upload):
 #   /tmp/pieces/smollm2-135m/part*   the GGUF file, one piece a call
@@ -23,8 +28,10 @@
 source "$(dirname "$0")/gpu_common.sh"
 METHODS="dynamickv-auto,snapkv-decay,dynamickv-preference,cake,snapkv,dynamickv" BUDGETS=64,128,256
 export METHODS BUDGETS
-STEPS=" ${STEPS:-rerun_smol agreement bench_mistral rerun_qwen} "
+STEPS=" ${STEPS:-tests rerun_smol agreement bench_mistral rerun_qwen} "
 wants() { [[ $STEPS == *" $1 "* ]]; }
+wants tests && step tests 150 python3 -m pytest -q -p no:cacheprovider -rs tests/test_cuda_graph.py \
+  tests/test_gpu_memory.py tests/test_multidevice.py tests/test_bench_devices.py tests/test_fast.py
 wants rerun_smol && step rerun_smol 150 evaluate rerun_smol "$SMOL" ruler 4096 --samples 16 --seed 7007 $(resume rerun_smol)
 SHAPE=mistral-7b-v0.1 LENGTHS=8192,30720 NEEDLES=1000,2000,3000,4000,6000,7000
 if [ "${DRY:-0}" = 1 ]; then SHAPE=tiny-sliding LENGTHS=2048 NEEDLES=1000; fi

@@ -354,3 +354,44 @@ def test_equivalent_specs_are_one_configuration():
     assert canonical_spec("snapkv:window=8;pooling=max") == "snapkv:window=8"
     grid = configurations(["snapkv", "snapkv:window=32", "snapkv:window=8", "fullkv"], [64, "64"])
     assert [c.label for c in grid] == ["fullkv", "snapkv B=64", "snapkv:window=8 B=64"]
+
+
+def test_software_recorded_and_a_resume_under_another_release_said(
+    reference_run, model, tok, tmp_path, capsys
+):
+    """config.json and summary.md say which releases made the predictions; a run resumed under
+    another release goes on (its predictions stay valid) but both releases are recorded and said."""
+    import shutil
+
+    import transformers
+
+    import dynamickv
+
+    ref_out, _ = reference_run
+    made = json.loads((ref_out / runner.CONFIG_FILE).read_text())["software"]
+    here = {
+        "dynamickv": dynamickv.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerator": "cpu",
+    }
+    assert made == here
+    line = f"Software: dynamickv {here['dynamickv']}, torch {here['torch']}, transformers {here['transformers']}, on cpu."
+    assert line in (ref_out / runner.SUMMARY_MD).read_text(encoding="utf-8")
+
+    out = tmp_path / "run"
+    shutil.copytree(ref_out, out)
+    config = json.loads((out / runner.CONFIG_FILE).read_text())
+    config["software"] = {**here, "transformers": "5.17.0"}
+    (out / runner.CONFIG_FILE).write_text(json.dumps(config))
+    capsys.readouterr()
+    for _ in range(2):  # a second resume under the same release adds nothing
+        metrics = _run(make_samples(), model, tok, out, windowkv_mode="category", resume=True)
+        err = capsys.readouterr().err
+        assert "made with dynamickv" in err and "transformers 5.17.0" in err
+        assert f"goes on with dynamickv {here['dynamickv']}" in err
+        saved = json.loads((out / runner.CONFIG_FILE).read_text())
+        assert saved["software"]["transformers"] == "5.17.0" and saved["resumed_with"] == [here]
+    assert metrics["resumed_with"] == [here]
+    md = (out / runner.SUMMARY_MD).read_text(encoding="utf-8")
+    assert "transformers 5.17.0, on cpu." in md and f"Resumed with: {line.removeprefix('Software: ')}" in md

@@ -28,8 +28,9 @@ SUMMARY_MD = "summary.md"
 SUMMARY_CSV = "summary.csv"
 HEATMAP_DIR = "heatmaps"
 
-#: config.json keys that may change between a run and its resumption.
-NOT_COMPARED = frozenset({"device", "created"})
+#: config.json keys that may change between a run and its resumption (a change of software is
+#: recorded beside the original, see :func:`record_software`).
+NOT_COMPARED = frozenset({"device", "created", "software", "resumed_with"})
 #: config.json keys compared only when both runs recorded them (runs made before they existed resume).
 COMPARED_IF_RECORDED = frozenset({"model_fingerprint"})
 #: Prediction-record fields that vary from run to run (timings).
@@ -60,6 +61,53 @@ def build_config(
         **extra,
     }
     return _jsonable(config)
+
+
+def software(model: Any = None) -> dict[str, str]:
+    """What made the predictions: dynamickv, torch and transformers releases, and the accelerator the
+    model sits on. A table is only reproducible with these, and the same code can answer differently
+    under another release (bf16 kernels, tokenizer conversion)."""
+    import torch
+    import transformers
+
+    from dynamickv import __version__
+
+    names = []
+    for p in [] if model is None else model.parameters():
+        d = p.device
+        name = torch.cuda.get_device_name(d) if d.type == "cuda" else d.type
+        if name not in names:
+            names.append(name)
+    return {
+        "dynamickv": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerator": ", ".join(names) or "cpu",
+    }
+
+
+def describe_software(sw: dict[str, str]) -> str:
+    """``dynamickv 0.1.0, torch 2.11.0, transformers 5.17.0, on NVIDIA H200``."""
+    parts = [f"{k} {sw[k]}" for k in ("dynamickv", "torch", "transformers") if k in sw]
+    return ", ".join(parts) + (f", on {sw['accelerator']}" if sw.get("accelerator") else "")
+
+
+def record_software(config_path: Path, current: dict[str, str]) -> str | None:
+    """On resume: if ``current`` differs from the software the run was made with, add it to the
+    stored configuration's ``resumed_with`` and return a line saying so (else ``None``). The run may
+    go on (its predictions so far stay valid), but its table must say that two releases made it."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    made_with = config.get("software")
+    if made_with is None or made_with == current:
+        return None
+    later = config.setdefault("resumed_with", [])
+    if current not in later:
+        later.append(current)
+        _write_json(config_path, config)
+    return (
+        f"this run was made with {describe_software(made_with)}; it goes on with "
+        f"{describe_software(current)} (both are recorded in {CONFIG_FILE} and summary.md)"
+    )
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:

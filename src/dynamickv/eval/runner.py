@@ -67,6 +67,8 @@ from dynamickv.eval.outdir import (
     load_predictions,
     merge_shards,
     record_key,
+    record_software,
+    software,
 )
 from dynamickv.eval.prompts import (
     DEFAULT_PROTOCOL,
@@ -326,8 +328,15 @@ def run(
     if shard.main:
         out.mkdir(parents=True, exist_ok=True)
         config_path = out / CONFIG_FILE
+        current = software(model)
         if not config_path.is_file():
-            _write_json(config_path, {**config, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            _write_json(
+                config_path, {**config, "software": current, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            )
+        elif (changed := record_software(config_path, current)) is not None:
+            log(changed)
+        stored = json.loads(config_path.read_text(encoding="utf-8"))
+        config = {**config, **{k: stored[k] for k in ("software", "resumed_with") if k in stored}}
         records = merge_shards(out, uids, grid)  # fold in what an interrupted sharded run left
     distributed.barrier(shard)
     if not shard.main:

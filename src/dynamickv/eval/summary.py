@@ -94,6 +94,7 @@ def compute_metrics(
         "benchmark": (config or {}).get("benchmark", scorer.name),
         "model": (config or {}).get("model"),
         "protocol": (config or {}).get("protocol"),
+        "software": (config or {}).get("software"),
         "complete": present == expected,
         "predictions": present,
         "expected_predictions": expected,
@@ -107,6 +108,8 @@ def compute_metrics(
             "average": relative(average),
         },
     }
+    if (config or {}).get("resumed_with"):
+        metrics["resumed_with"] = config["resumed_with"]
     if info["extra"]:
         metrics["extra"] = info["extra"]
     if len(lengths) > 1 or (lengths and scorer.name == "niah"):
@@ -183,6 +186,16 @@ def _protocol_line(protocol: str | None) -> str:
     return f"{protocol}, {PROTOCOLS.get(protocol, '')}"
 
 
+def _software_lines(metrics: dict[str, Any]) -> list[str]:
+    from dynamickv.eval.outdir import describe_software
+
+    if not metrics.get("software"):
+        return []  # a run made before dynamickv recorded it
+    lines = [f"Software: {describe_software(metrics['software'])}."]
+    lines += [f"Resumed with: {describe_software(sw)}." for sw in metrics.get("resumed_with", [])]
+    return [*lines, ""]
+
+
 def write_summary(out: Path, metrics: dict[str, Any], grid: Sequence[Configuration]) -> None:
     """``summary.md`` and ``summary.csv``: methods x budgets, per task and averaged, % of FullKV."""
     budgets = _budget_columns(grid)
@@ -195,6 +208,7 @@ def write_summary(out: Path, metrics: dict[str, Any], grid: Sequence[Configurati
         "",
         f"Protocol: {_protocol_line(metrics.get('protocol'))}.",
         "",
+        *_software_lines(metrics),
         "## Average over tasks",
         "",
         *_md_table("Average", metrics["average"], grid),
