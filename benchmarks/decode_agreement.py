@@ -136,6 +136,7 @@ def main() -> None:
             "reference": args.reference or None,
             "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
             "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "seconds": round(time.perf_counter() - t0, 1),
             "command": " ".join(sys.argv),

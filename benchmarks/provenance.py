@@ -12,10 +12,12 @@ import shlex
 from datetime import datetime, timezone
 
 import torch
+import transformers
 
 
 def provenance(script: str, args: argparse.Namespace, device: str = "cpu") -> dict[str, str]:
-    """``command`` (the script with every option given or defaulted), ``date`` (UTC) and ``machine``."""
+    """``command`` (the script with every option given or defaulted), ``date`` (UTC) and ``machine``
+    (with the torch and transformers releases: the same code can answer differently under another)."""
     options = " ".join(
         f"--{k.replace('_', '-')}" + ("" if v is True else f" {shlex.quote(str(v))}")
         for k, v in vars(args).items()
@@ -25,7 +27,7 @@ def provenance(script: str, args: argparse.Namespace, device: str = "cpu") -> di
         "command": f"python benchmarks/{script} {options}",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {_device_name(device)}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
+        f"torch {torch.__version__}, transformers {transformers.__version__}",
     }
 
 

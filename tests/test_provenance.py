@@ -23,3 +23,10 @@ def test_machine_names_the_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     got = prov.provenance("s.py", argparse.Namespace(), "cuda")
     assert " cuda (NVIDIA H200), " in got["machine"]
+
+
+def test_machine_names_the_releases():
+    import transformers
+
+    got = prov.provenance("s.py", argparse.Namespace())
+    assert got["machine"].endswith(f"torch {torch.__version__}, transformers {transformers.__version__}")
