@@ -1,5 +1,6 @@
 """Library misuse gets one clear error (a :class:`UsageError` / :class:`InputError`), never a wrong result:
-nested blocks, a static cache, a compressed cache continued outside its block, bad ``Pipeline.ask``
+nested blocks, a static cache, a compressed cache continued outside its block, a block that would
+compress nothing (a cache filled outside it, ``use_cache=False``), bad ``Pipeline.ask``
 arguments, method parameters that cannot be used."""
 
 from __future__ import annotations
@@ -61,6 +62,31 @@ def test_compressed_cache_is_not_continued_outside_its_block(model):
     with compress(model, "fullkv", 1):  # inside a block it continues
         logits = model(input_ids=token, use_cache=True, **{kw: fork_cache(cache)}).logits
     assert torch.isfinite(logits).all()
+
+
+def test_nothing_compressed_is_refused_not_passed_through(model):
+    """A block whose forward cannot compress says so instead of running uncompressed: a cache filled
+    outside the block (continued, it would stay whole) and ``use_cache=False`` (no cache at all)."""
+    from transformers import DynamicCache
+
+    kw = cache_kwarg(model)
+    cache = DynamicCache(config=model.config)
+    model(input_ids=ids(60), use_cache=True, **{kw: cache})
+    assert cache.get_seq_length() == 60
+    with (
+        compress(model, "snapkv", 48) as c,
+        pytest.raises(UsageError, match="holds 60 tokens that were not compressed"),
+    ):
+        model.generate(ids(80), max_new_tokens=2, do_sample=False, **{kw: cache})
+    with compress(model, "snapkv", 48), pytest.raises(UsageError, match="holds 60 tokens"):
+        model(input_ids=torch.tensor([[5]]), use_cache=True, **{kw: cache})  # a decoding step too
+    assert c.stats is None
+    with compress(model, "snapkv", 48), pytest.raises(UsageError, match="use_cache=False"):
+        model.generate(ids(), max_new_tokens=2, do_sample=False, use_cache=False)
+    with compress(model, "snapkv", 48) as c:  # an empty cache passed in is compressed
+        empty = DynamicCache(config=model.config)
+        model.generate(ids(), max_new_tokens=2, do_sample=False, **{kw: empty})
+    assert c.stats.kept_per_layer == [48] * len(c.stats.kept_per_layer)
 
 
 def test_pipeline_ask_arguments(model):

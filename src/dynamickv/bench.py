@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from . import bench_file
 from .bench_configs import CONFIGS  # re-exported: benchmarks/ import it from here
 from .devices import allocated, peak_gib, placement, release, resolve, sync
 from .errors import DynamicKVError, InputError
@@ -223,7 +224,10 @@ def run_bench(
     kvpress_methods: list[str] | None = None,
     out: Path | None = None,
     mode: str = "auto",
+    resume: bool = False,
 ) -> dict[str, Any]:
+    """Measure every method at every length; ``out`` is rewritten after each row (see
+    :mod:`dynamickv.bench_file`), and ``resume`` keeps the rows it already holds."""
     devices = resolve(device)  # every device the layers are on: clocks and memory are read on all
     cuda = devices[0].type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -231,8 +235,20 @@ def run_bench(
     devices = sorted({p.device for p in model.parameters()}, key=str)  # those it uses (<= its layers)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     bw = copy_bandwidth(devices[0])
+    meta = environment(config, budget, devices[0], None, bw, weights)
+    meta.update(
+        device_option=device,
+        devices=[str(d) for d in devices],
+        steps=steps,
+        chunk=chunk,
+        graph=graph,
+        mode=mode,
+    )
+    rows = bench_file.resumed_rows(out, meta) if resume and out is not None else []
+    have = {bench_file.key(r) for r in rows}
+    todo = [(n, method) for n in lengths for method in methods if (method, n) not in have]
     # warm-up (kernels, cuBLAS, allocator) so the first measured configuration is not penalised
-    for method in dict.fromkeys(["fullkv", *methods]):
+    for method in dict.fromkeys(["fullkv", *methods]) if todo else ():
         measure(
             model,
             method,
@@ -246,34 +262,36 @@ def run_bench(
             6,
             mode,
         )
-    rows = []
-    for n in lengths:
-        for method in methods:
-            row = measure(
-                model,
-                method,
-                budget,
-                n,
-                steps,
-                devices,
-                chunk,
-                graph and cuda and len(devices) == 1,  # a CUDA graph runs on one device
-                weights,
-                eager_steps=min(steps, 24),
-                mode=mode,
-            )
-            if "cache_bytes" in row and bw is not None:
-                floor = (weights + row["cache_bytes"]) / bw * 1e3
-                row["floor_ms"] = floor
-                for k in ("decode_eager_ms", "decode_static_ms"):
-                    if k in row:
-                        row[k.replace("_ms", "_x_floor")] = row[k] / floor
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    for n, method in todo:
+        row = measure(
+            model,
+            method,
+            budget,
+            n,
+            steps,
+            devices,
+            chunk,
+            graph and cuda and len(devices) == 1,  # a CUDA graph runs on one device
+            weights,
+            eager_steps=min(steps, 24),
+            mode=mode,
+        )
+        if "cache_bytes" in row and bw is not None:
+            floor = (weights + row["cache_bytes"]) / bw * 1e3
+            row["floor_ms"] = floor
+            for k in ("decode_eager_ms", "decode_static_ms"):
+                if k in row:
+                    row[k.replace("_ms", "_x_floor")] = row[k] / floor
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        bench_file.save(out, meta, rows, complete=False)
     del model
     release(devices)
     proc = None  # the kvpress process, when there is one
-    if kvpress_path:
+    # a peer's row is named kvpress-<press>, with -uniform where its pyramid fell back to one count
+    have = {(r["method"].removesuffix("-uniform"), r["tokens"]) for r in rows}
+    peer_lengths = [n for n in lengths if any((f"kvpress-{m}", n) not in have for m in kvpress_methods or [])]
+    if kvpress_path and peer_lengths:
         peer = Path(__file__).resolve().parents[2] / "benchmarks" / "kvpress_peer.py"
         cmd = [
             sys.executable,
@@ -283,7 +301,7 @@ def run_bench(
             "--budget",
             str(budget),
             "--lengths",
-            ",".join(map(str, lengths)),
+            ",".join(map(str, peer_lengths)),
             "--methods",
             ",".join(kvpress_methods or []),
             "--steps",
@@ -291,6 +309,7 @@ def run_bench(
         ]
         env = {**__import__("os").environ, "PYTHONPATH": kvpress_path}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        rows = [r for r in rows if not (r["method"].startswith("kvpress-") and r["tokens"] in peer_lengths)]
         for line in proc.stdout.splitlines():
             if line.startswith("{"):
                 r = json.loads(line)
@@ -299,11 +318,8 @@ def run_bench(
                     r["decode_eager_x_floor"] = r["decode_eager_ms"] / r["floor_ms"]
                 rows.append(r)
                 print(line, flush=True)
-    meta = environment(config, budget, devices[0], None, bw, weights)
-    meta.update(device_option=device, devices=[str(d) for d in devices])
-    result = {"meta": meta, "rows": rows}
-    if out:
-        Path(out).write_text(json.dumps(result, indent=1, allow_nan=False))
+    result = {"meta": meta, "rows": rows, "complete": True}
+    bench_file.save(out, meta, rows, complete=True)
     print_table(result)
     if (
         proc is not None and proc.returncode

@@ -37,6 +37,9 @@ def register(app) -> None:
         batch: Annotated[int, typer.Option(help="rows decoded together (> 1: the serving benchmark)")] = 1,
         max_batch: Annotated[bool, typer.Option(help="find the largest batch that fits, per method")] = False,
         distinct: Annotated[int, typer.Option(help="distinct prefilled requests copied over the rows")] = 2,
+        resume: Annotated[
+            bool, typer.Option("--resume", help="continue an interrupted run: the rows --out holds are kept")
+        ] = False,
         mode: Annotated[
             str,
             typer.Option(
@@ -72,6 +75,14 @@ def register(app) -> None:
         if batch > 1 and distinct > batch:  # each row holds one request: the rest would be dropped unsaid
             raise InputError(f"--distinct {distinct} is more than --batch {batch}: give at most {batch}")
         check_output_file(out, "--out")  # before the benchmark runs: its results must have somewhere to go
+        if resume and (batch > 1 or max_batch):
+            raise InputError(
+                "--resume continues the batch-1 benchmark; the serving one (--batch, --max-batch) reruns"
+            )
+        if batch == 1 and not max_batch:
+            from .bench_file import check_unfinished
+
+            check_unfinished(out, resume)
         if kvpress_path and len(devices) > 1:
             raise InputError(
                 f"kvpress rows run on one GPU, and --device {device} spreads the layers over {len(devices)}: "
@@ -126,4 +137,5 @@ def register(app) -> None:
             [m for m in kvpress_methods.split(",") if m],
             out,
             mode,
+            resume,
         )

@@ -358,11 +358,21 @@ class Compressor:
         n = ref.shape[1]
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if kwargs.get("use_cache") is False:
-            return None
+            raise UsageError(
+                "use_cache=False inside compress: the model keeps no KV cache, so there is nothing to "
+                "compress; leave use_cache on (the default)"
+            )
         if cache is None:
             cache = DynamicCache(config=self.model.config)
             kwargs[self._cache_kw] = cache
-        if cache.get_seq_length() != 0 or n <= 1:
+        held = cache.get_seq_length()
+        if held != 0 and self._filled_outside(cache):
+            raise UsageError(
+                f"the cache passed in already holds {held} tokens that were not compressed (it was filled "
+                "outside the compress block), and compress only compresses a prefill into an empty cache; "
+                "pass no cache (or an empty one), or fill it inside the block"
+            )
+        if held != 0 or n <= 1:
             return args, kwargs  # a decoding step or an extension of an already compressed cache
         self._check_cache(cache)
         valid, n_eff = valid_mask(kwargs.get("attention_mask"), n)
@@ -389,6 +399,13 @@ class Compressor:
         for m in self._modules:
             m.__dict__["_dynamickv_session"] = self._session
         return args, kwargs
+
+    def _filled_outside(self, cache: Cache) -> bool:
+        """Whether ``cache``'s compressed layers are all still transformers' own (dynamic, sliding,
+        static): then no prefill inside a block made it, and continuing it would compress nothing.
+        dynamickv's layers (:class:`CompressedLayer` and the decoders' buffers) are left alone."""
+        layers = [cache.layers[i] for i in self.layers if i < len(cache.layers)]
+        return bool(layers) and all(type(layer).__module__.startswith("transformers.") for layer in layers)
 
     def _check_cache(self, cache: Cache) -> None:
         """Refuse caches whose layers cannot drop tokens; give sliding layers about to be compressed a
