@@ -227,3 +227,41 @@ def test_cli_end_to_end(tmp_path, model, tok, monkeypatch):
     assert all((out / name).stat().st_size > 1000 for name in summary["plots"])
     analyze_command(out=out, benchmark="niah", lengths="200", depths="30,70", budget="40", plots=False)
     assert len((out / retention.RECORDS).read_text().splitlines()) == 2
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path, model, tok, monkeypatch):
+    """Records are reused by sample; a rerun into the same --out with another budget, method or
+    protocol would summarise the old records under the new name, so it is refused."""
+    import dynamickv.models
+
+    monkeypatch.setattr(dynamickv.models, "load_model", lambda name, progress=False, **kw: (model, tok))
+    out = tmp_path / "o"
+    common = dict(out=out, benchmark="niah", lengths="200", depths="30", plots=False)
+    analyze_command(**common, budget="40")
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["budget"] == "40" and settings["method"] == "dynamickv"
+    for change, message in [
+        ({"budget": "60"}, "budget: '40' there, '60' here"),
+        ({"budget": "40", "method": "snapkv"}, "method: 'dynamickv' there, 'snapkv' here"),
+        ({"budget": "40", "protocol": "chat"}, "protocol: 'raw' there, 'chat' here"),
+    ]:
+        with pytest.raises(InputError, match=f"holds an analysis made with other settings \\({message}\\)"):
+            analyze_command(**{**common, **change})
+    before = (out / retention.RECORDS).read_text()
+    analyze_command(**common, budget="40")  # the same settings resume
+    assert (out / retention.RECORDS).read_text() == before
+
+    legacy = tmp_path / "legacy"  # a folder from before settings.json: its summary is compared
+    legacy.mkdir()
+    (legacy / retention.RECORDS).write_text('{"uid": "x"}\n')
+    (legacy / retention.SUMMARY).write_text(json.dumps({"model": "smollm2-135m", "budget": "10%"}))
+    with pytest.raises(InputError, match=r"budget: '0\.1' there, '40' here"):
+        analyze_command(**{**common, "out": legacy}, budget="40")
+    (legacy / retention.SUMMARY).unlink()
+    with pytest.raises(InputError, match="settings were not recorded"):
+        analyze_command(**{**common, "out": legacy}, budget="40")
+    fresh = tmp_path / "fresh"  # settings without records (a run that stopped before any): not binding
+    fresh.mkdir()
+    (fresh / "settings.json").write_text(json.dumps({"budget": "999"}))
+    analyze_command(**{**common, "out": fresh}, budget="40")
+    assert json.loads((fresh / "settings.json").read_text())["budget"] == "40"

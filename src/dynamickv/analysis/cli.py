@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -109,6 +109,21 @@ def analyze_command(
             raise InputError("longbench needs --data-dir (a folder with <task>.jsonl files)")
         records_by_task = {t: longbench.load_task(t, data_dir) for t in task_list}
     check_output_folder(out, "--out")
+    _check_settings(
+        out,
+        {
+            "study": study,
+            "model": model,
+            "benchmark": benchmark,
+            "budget": str(parsed),
+            "protocol": protocol,
+            "method": method if study == "retention" else None,
+            "methods": method_list if study == "attention" else None,
+            "seed": seed if benchmark == "ruler" else None,
+            "dtype": dtype.lower(),
+            "max_input_tokens": max_input_tokens,
+        },
+    )
     from dynamickv.methods import get_method
 
     get_method(method)  # a bad spec fails here, before the model loads
@@ -216,6 +231,50 @@ def analyze_command(
             f"task dependence by {by}: F={td[by]['f']} p={td[by]['p_value']} groups={td[by]['groups']}"
         )
     typer.echo(f"wrote {out} ({len(records)} samples, {summary['seconds']} s)")
+
+
+#: What ``analyze`` writes into ``--out`` beside its records: the settings the records were made with.
+SETTINGS = "settings.json"
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Records already in ``out`` are reused (a rerun resumes), so they must come from the same
+    settings: a record is keyed by its sample alone, and another budget, method, protocol or model
+    would otherwise be summarised under this run's name. Folders from before ``settings.json``
+    existed are compared on what their summary recorded."""
+    from dynamickv.budget import parse_budget
+
+    from . import retention
+
+    path = out / SETTINGS
+    records = [out / name for name in (retention.RECORDS, "attention.jsonl")]
+    if not any(p.is_file() and p.stat().st_size for p in records):  # nothing to reuse: a fresh start
+        path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        return
+    if path.is_file():
+        old = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        summaries = [out / retention.SUMMARY, out / "attention_summary.json"]
+        old = next((json.loads(p.read_text(encoding="utf-8")) for p in summaries if p.is_file()), None)
+        if old is None:
+            raise InputError(
+                f"--out {out} holds records whose settings were not recorded (an interrupted run of an earlier "
+                "dynamickv); use another --out"
+            )
+        old = {k: v for k, v in old.items() if k in ("model", "benchmark", "budget", "protocol", "method")}
+        if "budget" in old:  # an older summary kept the budget as given ("10%")
+            try:
+                old["budget"] = str(parse_budget(old["budget"]))
+            except (ValueError, TypeError):
+                pass
+    differ = [k for k in settings if k in old and str(old[k]) != str(settings[k])]
+    if differ:
+        details = "; ".join(f"{k}: {old[k]!r} there, {settings[k]!r} here" for k in differ)
+        raise InputError(
+            f"--out {out} holds an analysis made with other settings ({details}), whose records a rerun would "
+            "reuse; use another --out"
+        )
+    path.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
 
 def register(app: typer.Typer) -> None:
