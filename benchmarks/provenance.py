@@ -7,9 +7,11 @@ Shared by the benchmark scripts that write JSON (``needle_tokens.py``, ``pooling
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import shlex
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 import transformers
@@ -37,3 +39,11 @@ def _device_name(device: str) -> str:
     if not device.startswith("cuda") or not torch.cuda.is_available():
         return device
     return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+
+
+def write_result(out: Path, result: dict, text: str) -> None:
+    """``out`` (the JSON) and the report beside it (``.txt``), then the report on stdout."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    out.with_suffix(".txt").write_text(text + "\n")
+    print(text)

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import provenance
+from provenance import provenance, write_result
 from windowkv_auto import SETS, _pct, agreement, threshold_study
 
 from dynamickv.eval.outdir import read_jsonl
@@ -178,10 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         m: agreement([r | {"chosen": "aggregation"} for r in done if r["model"] == m])
         for m in {r["model"] for r in done}
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(meta | {"all_aggregation": pooled, "rows": done}, indent=1))
-    out.with_suffix(".txt").write_text(text + "\n")
-    print(text)
+    write_result(out, meta | {"all_aggregation": pooled, "rows": done}, text)
     return 0
 
 
