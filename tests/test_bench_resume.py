@@ -79,5 +79,33 @@ def test_resume_refusals(capsys, tmp_path):
     out.write_text(json.dumps([1, 2]))
     code, err = call(capsys, *ARGS, "--out", out, "--resume")
     assert code == 2 and "not a dynamickv bench result" in err
-    code, err = call(capsys, *ARGS, "--batch", "2", "--out", out, "--resume")
-    assert code == 2 and "--resume continues the batch-1 benchmark" in err
+
+
+def test_interrupted_serving_bench_resumes(capsys, tmp_path, monkeypatch):
+    """The serving benchmark (--batch) keeps each finished (method, length) and resumes the rest."""
+    from dynamickv import bench_batch
+
+    real, seen = bench_batch.method_rows, []
+
+    def method_rows(model, method, budget, n, *args):
+        if len(seen) == method_rows.stop_after:
+            raise KeyboardInterrupt
+        seen.append((method, n))
+        return real(model, method, budget, n, *args)
+
+    method_rows.stop_after = 1
+    monkeypatch.setattr(bench_batch, "method_rows", method_rows)
+    out = tmp_path / "s.json"
+    args = [*ARGS[:6], "128", "--steps", "2", "--budget", "48", "--methods", "fullkv,snapkv", "--batch", "2"]
+    code, err = call(capsys, *args, "--out", out)
+    assert code == 130
+    saved = json.loads(out.read_text())
+    assert saved["complete"] is False and saved["meta"]["done"] == [["fullkv", 128]]
+    assert call(capsys, *args, "--out", out)[0] == 2  # an interrupted run is not overwritten unsaid
+    method_rows.stop_after, seen[:] = None, []
+    code, err = call(capsys, *args, "--out", out, "--resume")
+    assert code == 0, err
+    assert seen == [("snapkv", 128)]
+    done = json.loads(out.read_text())
+    assert done["complete"] and done["meta"]["done"] == [["fullkv", 128], ["snapkv", 128]]
+    assert done["rows"][: len(saved["rows"])] == saved["rows"] and len(done["rows"]) > len(saved["rows"])

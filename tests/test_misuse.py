@@ -191,3 +191,11 @@ def test_keyword_parameters_are_checked_like_specs():
 
     with pytest.raises(BudgetError, match="finite"):  # direct construction too
         DynamicKV(r_max=float("nan"))
+
+
+def test_one_token_prompt_is_kept_whole_not_refused(model):
+    """A prompt no longer than B is kept whole, one token too (it reached the block's own cache)."""
+    one = torch.tensor([[42]])
+    plain = model.generate(one, max_new_tokens=4, do_sample=False)
+    with compress(model, "snapkv", 48):
+        assert torch.equal(model.generate(one, max_new_tokens=4, do_sample=False), plain)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from . import bench_file
 from .bench_serving import (
     decoder_rate,
     decoder_row_bytes,
@@ -110,28 +111,37 @@ def serving_bench(
     distinct: int = 2,
     mode: str = "auto",
     out: Path | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Every (length, method) at ``batch`` rows (``None``: the largest that fits); writes JSON."""
+    """Every (length, method) at ``batch`` rows (``None``: the largest that fits); ``out`` is
+    rewritten after each (length, method) and ``resume`` skips those it holds (see
+    :mod:`dynamickv.bench_file`; a (length, method) cut short is measured again)."""
     from .bench import build_model, environment
 
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     model = build_model(config, device, dtype)
-    rows = []
+    meta = environment(config, budget, device, model)
+    meta.update(batch=batch, steps=steps, distinct=distinct, mode=mode)
+    rows = bench_file.resumed_rows(out, meta) if resume and out is not None else []
+    done = meta.setdefault("done", [])  # the (method, length) pairs whose rows are all in
+    rows = [r for r in rows if r.get("of") in done]
     for n in lengths:
         for method in methods:
+            if [method, n] in done:
+                continue
             name = "fullkv-plain" if method == "fullkv" else method
             count = 1 if method == "fullkv" else max(1, min(distinct, batch or distinct))
             requests = distinct_requests(model, name, budget, n, count, device)
             for row in method_rows(model, method, budget, n, batch, steps, requests, mode):
-                rows.append(row)
+                rows.append(row | {"of": [method, n]})
                 print(json.dumps(row), flush=True)
             del requests
             release(device)
-    result = {"meta": environment(config, budget, device, model), "rows": rows}
-    if out:
-        Path(out).write_text(json.dumps(result, indent=1, allow_nan=False))
+            done.append([method, n])
+            bench_file.save(out, meta, rows, complete=False)
+    bench_file.save(out, meta, rows, complete=True)
     print_serving_table(rows)
-    return result
+    return {"meta": meta, "rows": rows, "complete": True}
 
 
 def print_serving_table(rows: list[dict[str, Any]]) -> None:

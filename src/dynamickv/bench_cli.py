@@ -75,14 +75,9 @@ def register(app) -> None:
         if batch > 1 and distinct > batch:  # each row holds one request: the rest would be dropped unsaid
             raise InputError(f"--distinct {distinct} is more than --batch {batch}: give at most {batch}")
         check_output_file(out, "--out")  # before the benchmark runs: its results must have somewhere to go
-        if resume and (batch > 1 or max_batch):
-            raise InputError(
-                "--resume continues the batch-1 benchmark; the serving one (--batch, --max-batch) reruns"
-            )
-        if batch == 1 and not max_batch:
-            from .bench_file import check_unfinished
+        from .bench_file import check_unfinished
 
-            check_unfinished(out, resume)
+        check_unfinished(out, resume)
         if kvpress_path and len(devices) > 1:
             raise InputError(
                 f"kvpress rows run on one GPU, and --device {device} spreads the layers over {len(devices)}: "
@@ -122,6 +117,7 @@ def register(app) -> None:
                 distinct,
                 mode,
                 out,
+                resume,
             )
             return
         run_bench(

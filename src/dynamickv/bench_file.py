@@ -27,6 +27,8 @@ SETTINGS = (
     "mode",
     "device",
     "device_option",
+    "batch",
+    "distinct",
     "devices",
     "torch",
     "transformers",
@@ -77,6 +79,8 @@ def resumed_rows(out: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
             f"cannot resume from {out}: it was made with other settings ({details}); use another --out"
         )
     meta["date"] = old.get("date", meta["date"])
+    if "done" in old:  # the serving benchmark's finished (method, length) pairs
+        meta["done"] = old["done"]
     meta["resumed"] = [*old.get("resumed", []), datetime.now(timezone.utc).isoformat(timespec="seconds")]
     return list(previous["rows"])
 

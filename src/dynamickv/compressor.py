@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -306,6 +307,7 @@ class Compressor:
             self.method.validate(self.budget.tokens, len(self.layers))
         self.sync_timing = sync_timing
         self.stats: PrefillStats | None = None
+        self._started: weakref.WeakSet = weakref.WeakSet()  # caches that were empty when a forward began here
         self._session: _Session | None = None
         self._handles: list[Any] = []
         self._saved_impl: str | None = None
@@ -366,7 +368,9 @@ class Compressor:
             cache = DynamicCache(config=self.model.config)
             kwargs[self._cache_kw] = cache
         held = cache.get_seq_length()
-        if held != 0 and self._filled_outside(cache):
+        if held == 0:
+            self._started.add(cache)  # a one-token prompt is kept whole: its next steps are ours
+        elif cache not in self._started and self._filled_outside(cache):
             raise UsageError(
                 f"the cache passed in already holds {held} tokens that were not compressed (it was filled "
                 "outside the compress block), and compress only compresses a prefill into an empty cache; "
